@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create or update .venv with the pinned environment and sidrepro installed in editable mode.
+# Idempotent: a stamp of the pin files skips the install when nothing changed (a fresh install takes ~5 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${SIDREPRO_PYTHON:-python3.11}
+stamp=.venv/.sidrepro-env
+want=$(cat env/requirements.txt env/constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+if ! command -v "$PY" >/dev/null; then
+  echo "error: $PY not found; sidrepro needs Python 3.11 (set SIDREPRO_PYTHON to its path)" >&2
+  exit 2
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+echo "setting up .venv (pinned; first time takes a few minutes)..." >&2
+.venv/bin/python -m pip install --quiet -r env/requirements.txt -c env/constraints.txt
+.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+.venv/bin/python -m pip check
+echo "$want" > "$stamp"

@@ -1,0 +1,228 @@
+"""The Gaussian-mixture benchmark: one world, its teacher, SiD students in both settings, and their distances to
+the true data, written as JSON (plus plots) and printed as a table."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..sid.method import SiDConfig
+from ..sid.sampler import check_noise, generate
+from .distill import SETTINGS, DistillConfig, distill
+from .metrics import energy_distance, mode_weight_error, sliced_w2
+from .mixture import GaussianMixture, WorldSpec, make_world
+from .nets import VelocityMLP
+from .teacher import Bound, TeacherConfig, euler_sample, field_error, train_teacher
+
+RATIO_BOUND = 1.5  # a data-free student may be at most this far from the data, relative to its teacher ...
+FLOOR_BOUND = 2.0  # ... or, where both sit at the estimator's floor, within this multiple of the floor
+
+
+@dataclass(frozen=True)
+class ToyBenchConfig:
+    world: WorldSpec = field(default_factory=WorldSpec)
+    bias: float = 0.0  # > 0 trains the teacher on a misspecified mixture (see GaussianMixture.biased)
+    conditional: bool = True
+    guidance: float = 1.0  # kappa_1 = kappa_2 = kappa_4 (spec §5.1); 1 distils the teacher's own distribution
+    settings: tuple[str, ...] = SETTINGS
+    noises: tuple[str, ...] = ("fresh", "fixed", "ddim")
+    num_steps: int = 4
+    teacher_steps: int = 32
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval_samples: int = 10_000
+    eval_repeats: int = 3
+
+    def __post_init__(self) -> None:
+        for s in self.settings:
+            if s not in SETTINGS:
+                raise ValueError(f"unknown setting {s!r}; choose from {', '.join(SETTINGS)}")
+        if not self.settings or not self.noises:
+            raise ValueError("need at least one setting and one noise type")
+        for n in self.noises:
+            check_noise(n)
+        if self.num_steps < 1 or self.teacher_steps < 1:
+            raise ValueError(f"steps must be >= 1, got num_steps={self.num_steps}, teacher_steps={self.teacher_steps}")
+        if self.eval_samples < 100 or self.eval_repeats < 1:
+            raise ValueError("eval_samples must be >= 100 and eval_repeats >= 1")
+        if not self.bias >= 0:
+            raise ValueError(f"bias must be >= 0, got {self.bias}")
+
+
+@dataclass
+class Student:
+    name: str
+    setting: str
+    noise: str
+    net: VelocityMLP
+    log: list[dict]
+    seconds: float
+
+
+def _labels(data: GaussianMixture, n: int, g: torch.Generator, conditional: bool) -> torch.Tensor:
+    labels = data.sample_labels(n, g)
+    return labels if conditional else torch.full_like(labels, data.null_label)
+
+
+def _distances(x: torch.Tensor, ref: torch.Tensor, data: GaussianMixture) -> dict[str, float]:
+    return {"energy": energy_distance(x, ref), "sliced_w2": sliced_w2(x, ref),
+            "mode_tv": mode_weight_error(x, data)[0]}
+
+
+def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for key in rows[0]:
+        vals = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+        out[key] = {"mean": float(vals.mean()), "std": float(vals.std()) if len(rows) > 1 else 0.0}
+    return out
+
+
+def run(cfg: ToyBenchConfig, out: Path | None = None, *, progress: bool = True) -> dict:
+    """Run the benchmark; returns the result dict (also written to ``out/result.json`` with plots)."""
+    t_start = time.time()
+    truth = make_world(cfg.world)
+    teacher_world = truth.biased(cfg.bias, cfg.world.seed) if cfg.bias > 0 else truth
+    t0 = time.time()
+    teacher, teacher_losses = train_teacher(teacher_world, cfg.teacher, cfg.world.seed, progress=progress)
+    teacher_seconds = time.time() - t0
+    sid_base = dict(num_steps=cfg.num_steps, cfg_train_fake=cfg.guidance, cfg_eval_fake=cfg.guidance,
+                    cfg_eval_real=cfg.guidance)
+
+    students: list[Student] = []
+    by_noise: dict[str, VelocityMLP] = {}
+    for noise in cfg.noises:
+        if "data-free" in cfg.settings:
+            t0 = time.time()
+            dcfg = DistillConfig(**{**asdict(cfg.distill), "setting": "data-free", "conditional": cfg.conditional})
+            net, log = distill(teacher, truth, SiDConfig(noise=noise, **sid_base), dcfg, progress=progress)
+            students.append(Student(f"SiD data-free ({noise})", "data-free", noise, net, log, time.time() - t0))
+            by_noise[noise] = net
+    # The data-aided student continues from the data-free one, as in the paper (one noise type suffices).
+    if "data-aided" in cfg.settings:
+        noise = cfg.noises[0]
+        t0 = time.time()
+        dcfg = DistillConfig(**{**asdict(cfg.distill), "setting": "data-aided", "conditional": cfg.conditional})
+        net, log = distill(teacher, truth, SiDConfig(noise=noise, **sid_base), dcfg,
+                           init_generator=by_noise.get(noise), progress=progress)
+        students.append(Student(f"SiD data-aided ({noise})", "data-aided", noise, net, log, time.time() - t0))
+
+    # Evaluation: independent sample sets per repeat; the floor is the distance between two true samples.
+    n = cfg.eval_samples
+    floor_rows, teacher_rows = [], []
+    student_rows: dict[tuple[str, int], list[dict[str, float]]] = {}
+    plot_sets: dict[str, torch.Tensor] = {}
+    for r in range(cfg.eval_repeats):
+        g = torch.Generator().manual_seed(10_000 + r)
+        ref, _ = truth.sample(n, g)
+        ref2, _ = truth.sample(n, g)
+        floor_rows.append(_distances(ref2, ref, truth))
+        xt = euler_sample(teacher, _labels(truth, n, g, cfg.conditional), steps=cfg.teacher_steps,
+                          scale=cfg.guidance, generator=g)
+        teacher_rows.append(_distances(xt, ref, truth))
+        if r == 0:
+            plot_sets = {"data": ref, f"teacher ({cfg.teacher_steps}-step Euler)": xt}
+        for s in students:
+            for k in sorted({1, cfg.num_steps}):
+                labels = _labels(truth, n, g, cfg.conditional)
+                with torch.no_grad():
+                    x = generate(Bound(s.net, labels).velocity, torch.randn(n, truth.dim, generator=g), k,
+                                 num_steps=cfg.num_steps, noise=s.noise, generator=g)
+                student_rows.setdefault((s.name, k), []).append(_distances(x, ref, truth))
+                if r == 0 and k == cfg.num_steps:
+                    plot_sets[f"{s.name}, {k} steps"] = x
+
+    floor, teacher_d = _summary(floor_rows), _summary(teacher_rows)
+    result_students = []
+    for s in students:
+        for k in sorted({1, cfg.num_steps}):
+            d = _summary(student_rows[(s.name, k)])
+            result_students.append({
+                "name": s.name, "setting": s.setting, "noise": s.noise, "steps": k, "distance": d,
+                "ratio_to_teacher": d["energy"]["mean"] / teacher_d["energy"]["mean"],
+                "verdict": _verdict(s.setting, cfg.bias, d, teacher_d, floor),
+                "train_seconds": s.seconds, "iters": cfg.distill.iters,
+                "images_seen": cfg.distill.iters * cfg.distill.batch,
+            })
+    result = {
+        "config": _jsonable(asdict(cfg)),
+        "world": {"weights": truth.weights.tolist(), "teacher_weights": teacher_world.weights.tolist()},
+        "floor": floor,
+        "teacher": {"distance": teacher_d, "steps": cfg.teacher_steps, "train_seconds": teacher_seconds,
+                    "field_error": field_error(teacher, truth, conditional=cfg.conditional),
+                    "field_error_own_world": field_error(teacher, teacher_world, conditional=cfg.conditional)},
+        "students": result_students,
+        "wall_seconds": time.time() - t_start,
+    }
+    if out is not None:
+        _write(out, cfg, result, plot_sets, teacher_losses, students)
+    return result
+
+
+def _verdict(setting: str, bias: float, d: dict, teacher_d: dict, floor: dict) -> str:
+    s, t, f = d["energy"]["mean"], teacher_d["energy"]["mean"], floor["energy"]["mean"]
+    if setting == "data-aided" and bias > 0:
+        return "pass: beats teacher" if s < t else "FAIL: not below teacher"
+    if s <= RATIO_BOUND * t:
+        return f"pass: <= {RATIO_BOUND}x teacher"
+    if t <= FLOOR_BOUND * f and s <= FLOOR_BOUND * f:
+        return f"pass: within {FLOOR_BOUND}x floor"
+    return f"FAIL: > {RATIO_BOUND}x teacher"
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _write(out: Path, cfg: ToyBenchConfig, result: dict, plot_sets, teacher_losses, students) -> None:
+    from .plots import plot_losses, plot_scatter
+
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out / "config.json", json.dumps(_jsonable(asdict(cfg)), indent=2) + "\n")
+    _atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+    logs = {s.name: s.log for s in students}
+    _atomic_write_text(out / "train_log.json", json.dumps({"teacher_loss": teacher_losses[::10], **logs}) + "\n")
+    plot_losses(out / "losses.png", teacher_losses, logs)
+    if cfg.world.dim == 2:
+        plot_scatter(out / "samples.png", plot_sets)
+
+
+def format_table(result: dict) -> str:
+    """A short plain-text table of the result."""
+    def cell(d: dict) -> str:
+        return f"{d['mean']:.2e} ± {d['std']:.1e}"
+
+    rows = [("true data (floor)", "-", cell(result["floor"]["energy"]), "-", cell(result["floor"]["sliced_w2"]),
+             f"{result['floor']['mode_tv']['mean']:.3f}", "")]
+    t = result["teacher"]
+    rows.append(("teacher (Euler)", str(t["steps"]), cell(t["distance"]["energy"]), "1.00",
+                 cell(t["distance"]["sliced_w2"]), f"{t['distance']['mode_tv']['mean']:.3f}", ""))
+    for s in result["students"]:
+        rows.append((s["name"], str(s["steps"]), cell(s["distance"]["energy"]), f"{s['ratio_to_teacher']:.2f}",
+                     cell(s["distance"]["sliced_w2"]), f"{s['distance']['mode_tv']['mean']:.3f}", s["verdict"]))
+    head = ("model", "steps", "energy dist", "x teacher", "sliced W2", "mode TV", "verdict")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"teacher field error (relative MSE vs exact velocity): {t['field_error']:.4f}; "
+                 f"wall time {result['wall_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def all_passed(result: dict) -> bool:
+    return all(not s["verdict"].startswith("FAIL") for s in result["students"]) and not math.isnan(
+        result["teacher"]["distance"]["energy"]["mean"])

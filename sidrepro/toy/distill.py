@@ -1,0 +1,132 @@
+"""SiD distillation of the toy teacher, in both settings, through :class:`sidrepro.sid.SiD`.
+
+A linear loop in the spirit of the DiT trainer: one fake-score step, then one generator step, per iteration,
+Adam with betas (0, 0.999), per-sample losses summed and divided by the batch, gradients sanitised.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..sid.adversarial import AdversarialSchedule
+from ..sid.method import SiD, SiDConfig
+from .mixture import GaussianMixture
+from .nets import VelocityMLP
+from .teacher import Bound
+
+SETTINGS = ("data-free", "data-aided")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    setting: str = "data-free"
+    iters: int = 3000
+    batch: int = 256
+    lr: float = 1e-4  # fake network
+    glr: float = 1e-4  # generator
+    conditional: bool = True  # prompts are labels; False distils the unconditional (null-label) model
+    freeze_kimg: float = 20.0  # data-aided: generator frozen for the first 20k images (spec §6.3) ...
+    mix_kimg: float = 40.0  # ... and SiD-only until 40k images, then half SiD, half adversarial
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise ValueError(f"unknown setting {self.setting!r}; choose one of {', '.join(SETTINGS)}")
+        for name in ("iters", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _sanitize(params) -> None:
+    for p in params:
+        if p.grad is not None:
+            torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+
+
+def _set_trainable(net: nn.Module, flag: bool) -> None:
+    net.requires_grad_(flag)
+
+
+def distill(
+    teacher: VelocityMLP,
+    data: GaussianMixture,
+    sid_config: SiDConfig,
+    cfg: DistillConfig,
+    *,
+    init_generator: VelocityMLP | None = None,
+    monitor: Callable[[VelocityMLP], dict[str, float]] | None = None,
+    monitor_every: int = 0,
+    progress: bool = True,
+) -> tuple[VelocityMLP, list[dict]]:
+    """Distil ``teacher`` into a few-step generator. ``data`` is the true mixture: it supplies the label
+    distribution (the prompts) and, in the data-aided setting, the real samples. Returns the generator and a
+    log row every 10 iterations; every ``monitor_every`` iterations (and at the end) the row also holds
+    ``monitor(generator)``, e.g. the distance to the data."""
+    aided = cfg.setting == "data-aided"
+    schedule = AdversarialSchedule(int(cfg.freeze_kimg * 1000), int(cfg.mix_kimg * 1000)) if aided else None
+    method = SiD(sid_config, schedule)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    teacher = teacher.eval().requires_grad_(False)
+    gen = copy.deepcopy(init_generator if init_generator is not None else teacher).train()
+    fake = copy.deepcopy(teacher).train()
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.glr, betas=(0.0, 0.999))
+    opt_f = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
+    B, nimg, log = cfg.batch, 0, []
+
+    def prompts() -> tuple[torch.Tensor, torch.Tensor | None]:
+        if aided:
+            x_real, labels = data.sample(B, g)
+        else:
+            x_real, labels = None, data.sample_labels(B, g)
+        if not cfg.conditional:
+            labels = torch.full_like(labels, data.null_label)
+        return labels, x_real
+
+    def noise() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.randn(B, data.dim, generator=g), torch.randn(B, data.dim, generator=g), method.sample_time(B, g)
+
+    for it in tqdm(range(cfg.iters), desc=f"SiD {cfg.setting}", disable=not progress, leave=False):
+        steps = method.sample_steps(g)
+        # Fake-score phase: the fake net (and, data-aided, the discriminator it carries) learns.
+        _set_trainable(fake, True)
+        _set_trainable(gen, False)
+        labels, x_real = prompts()
+        z, eps, t = noise()
+        out_f = method.fake_phase(Bound(gen, labels).velocity, Bound(fake, labels), z, eps, t, steps,
+                                  noise_generator=g, real_x0=x_real,
+                                  fake_on_real=Bound(fake, labels) if aided else None)
+        opt_f.zero_grad(set_to_none=True)
+        (out_f.loss / B).backward()
+        _sanitize(fake.parameters())
+        opt_f.step()
+        # Generator phase: fresh prompts and noise; gradient flows through teacher and fake net into x_g.
+        _set_trainable(fake, False)
+        _set_trainable(gen, True)
+        labels, _ = prompts()
+        z, eps, t = noise()
+        out_g = method.generator_phase(Bound(gen, labels).velocity, Bound(teacher, labels), Bound(fake, labels),
+                                       z, eps, t, steps, nimg=nimg, noise_generator=g)
+        opt_g.zero_grad(set_to_none=True)
+        if method.generator_steps(nimg):
+            (out_g.loss / B).backward()
+            _sanitize(gen.parameters())
+            opt_g.step()
+        nimg += B
+        last = it == cfg.iters - 1
+        due = monitor is not None and monitor_every > 0 and ((it + 1) % monitor_every == 0 or last)
+        if it % 10 == 0 or last or due:
+            row = {"iter": it, "nimg": nimg, "steps": steps, **out_f.stats, **out_g.stats}
+            if due:
+                gen.eval()
+                row.update(monitor(gen))
+                gen.train()
+            log.append(row)
+    _set_trainable(gen, False)
+    return gen.eval(), log
