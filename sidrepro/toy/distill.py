@@ -7,6 +7,7 @@ Adam with betas (0, 0.999), per-sample losses summed and divided by the batch, g
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,10 +27,13 @@ SETTINGS = ("data-free", "data-aided")
 @dataclass(frozen=True)
 class DistillConfig:
     setting: str = "data-free"
-    iters: int = 3000
-    batch: int = 256
-    lr: float = 1e-4  # fake network
-    glr: float = 1e-4  # generator
+    iters: int = 4000
+    batch: int = 512
+    lr: float = 3e-4  # fake network
+    glr: float = 3e-4  # generator
+    # Final lr / initial lr, cosine over the second half. The paper keeps the lr constant (1.0); in the toy the
+    # jitter of a constant lr would sit above the 2-D estimator floor, so the student is let settle.
+    lr_decay: float = 0.05
     conditional: bool = True  # prompts are labels; False distils the unconditional (null-label) model
     freeze_kimg: float = 20.0  # data-aided: generator frozen for the first 20k images (spec §6.3) ...
     mix_kimg: float = 40.0  # ... and SiD-only until 40k images, then half SiD, half adversarial
@@ -38,6 +42,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
             raise ValueError(f"unknown setting {self.setting!r}; choose one of {', '.join(SETTINGS)}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         for name in ("iters", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -79,6 +85,14 @@ def distill(
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.glr, betas=(0.0, 0.999))
     opt_f = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
     B, nimg, log = cfg.batch, 0, []
+    half = cfg.iters // 2
+
+    def lr_factor(it: int) -> float:
+        if it < half:
+            return 1.0
+        cos = 0.5 * (1 + math.cos(math.pi * (it - half) / max(1, cfg.iters - half)))
+        return cfg.lr_decay + (1 - cfg.lr_decay) * cos
+
 
     def prompts() -> tuple[torch.Tensor, torch.Tensor | None]:
         if aided:
@@ -94,6 +108,9 @@ def distill(
 
     for it in tqdm(range(cfg.iters), desc=f"SiD {cfg.setting}", disable=not progress, leave=False):
         steps = method.sample_steps(g)
+        for opt, lr in ((opt_f, cfg.lr), (opt_g, cfg.glr)):
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(it)
         # Fake-score phase: the fake net (and, data-aided, the discriminator it carries) learns.
         _set_trainable(fake, True)
         _set_trainable(gen, False)

@@ -106,15 +106,15 @@ class GaussianMixture:
 
     # --- variants ----------------------------------------------------------------------------------------
     def biased(self, bias: float, seed: int) -> GaussianMixture:
-        """A misspecified copy: weights tilted by ``exp(bias * g_k)`` and each mean moved ``bias / 2`` along a
-        random direction. A teacher trained on it is wrong in a known way; ``bias = 0`` returns an equal copy."""
+        """A misspecified copy: weights tilted by ``exp(bias * g_k)`` and each mean moved ``bias / 10`` (about
+        two to three mode widths of the default world) along a random direction. A teacher trained on it is wrong in a known way; ``bias = 0`` returns an equal copy."""
         if not bias >= 0:
             raise ValueError(f"bias must be >= 0, got {bias}")
         g = torch.Generator().manual_seed(seed + 7919)
         tilt = torch.randn(self.modes, generator=g, dtype=torch.float64)
         shift = torch.randn(self.modes, self.dim, generator=g, dtype=torch.float64)
         shift = shift / shift.norm(dim=1, keepdim=True)
-        return GaussianMixture(self.weights * torch.exp(bias * tilt), self.means + 0.5 * bias * shift, self.covs)
+        return GaussianMixture(self.weights * torch.exp(bias * tilt), self.means + 0.1 * bias * shift, self.covs)
 
 
 def _random_rotation(dim: int, g: torch.Generator) -> Tensor:

@@ -1,8 +1,10 @@
 """The toy's networks: a small time- and label-conditioned MLP that predicts rectified-flow velocity.
 
-It mirrors the DiT's layout where SiD cares: the conditioning is added to the hidden state, a final LayerNorm
-(``norm_out``) precedes the output projection (``proj_out``), and the normalised features before ``proj_out`` are
-the discriminator's logits, one per hidden unit, exactly as the DiT adapters expose them.
+It mirrors the DiT's layout where SiD cares: the conditioning is added to the hidden state and a final LayerNorm
+(``norm_out``) precedes the output projection (``proj_out``). The discriminator reads the normalised features
+before ``proj_out``, as in the DiT, through a small linear head (``disc_head``, ``disc_logits`` logits): a DiT
+averages thousands of tokens into rich pooled features, while a toy MLP's single LayerNorm output has zero mean
+across units, which leaves a headless "every unit is a logit" discriminator almost blind.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Block(nn.Module):
 class VelocityMLP(nn.Module):
     """``v(x_t, t, label)``; label ``num_labels`` is the null (empty-prompt) label."""
 
-    def __init__(self, dim: int, num_labels: int, hidden: int = 256, depth: int = 4):
+    def __init__(self, dim: int, num_labels: int, hidden: int = 128, depth: int = 3, disc_logits: int = 8):
         super().__init__()
         self.dim, self.num_labels = dim, num_labels
         self.time = FourierTime(hidden)
@@ -48,6 +50,7 @@ class VelocityMLP(nn.Module):
         self.blocks = nn.ModuleList(Block(hidden) for _ in range(depth))
         self.norm_out = nn.LayerNorm(hidden)
         self.proj_out = nn.Linear(hidden, dim)
+        self.disc_head = nn.Linear(hidden, disc_logits)
 
     def forward(self, x_t: Tensor, t: Tensor, labels: Tensor, *, features: bool = False
                 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -57,4 +60,4 @@ class VelocityMLP(nn.Module):
             h = block(h, emb)
         feats = self.norm_out(h)
         v = self.proj_out(feats)
-        return (v, feats) if features else v
+        return (v, self.disc_head(feats)) if features else v
