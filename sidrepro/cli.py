@@ -44,7 +44,8 @@ def _add_toy(sub) -> None:
     d.add_argument("--noise", type=_csv(("fresh", "fixed", "ddim")), default=("fresh", "fixed", "ddim"))
     d.add_argument("--iters", type=_positive_int, default=None, help="iterations per student")
     d.add_argument("--batch", type=_positive_int, default=None, help="batch size")
-    d.add_argument("--lr", type=float, default=None, help="learning rate of both networks")
+    d.add_argument("--lr", type=float, default=None, help="learning rate of the fake-score network")
+    d.add_argument("--glr", type=float, default=None, help="learning rate of the generator")
     d.add_argument("--guidance", type=float, default=1.0, help="CFG scale for teacher and fake net (default 1)")
     d.add_argument("--teacher-iters", type=_positive_int, default=None, help="teacher training iterations")
     e = p.add_argument_group("evaluation")
@@ -64,7 +65,7 @@ def _run_toy(args: argparse.Namespace) -> int:
     from .toy.teacher import TeacherConfig
 
     distill_kw = {k: v for k, v in (("iters", args.iters), ("batch", args.batch), ("lr", args.lr),
-                                     ("glr", args.lr)) if v is not None}
+                                     ("glr", args.glr)) if v is not None}
     teacher = TeacherConfig() if args.teacher_iters is None else replace(TeacherConfig(), iters=args.teacher_iters)
     cfg = ToyBenchConfig(
         world=WorldSpec(dim=args.dim, modes=args.modes, seed=args.seed), bias=args.bias,

@@ -75,14 +75,14 @@ def test_data_aided_freezes_the_generator_then_mixes(world_and_teacher):
     before = copy.deepcopy(teacher.state_dict())
     # 4 iterations of 32 images: the generator must not move while nimg <= freeze
     student, log = distill(teacher, world, SiDConfig(),
-                           DistillConfig(setting="data-aided", iters=4, batch=32, freeze_kimg=1.0, mix_kimg=1.0),
-                           progress=False)
+                           DistillConfig(setting="data-aided", iters=4, batch=32, freeze_fraction=1.0,
+                                         mix_fraction=1.0), progress=False)
     for k, v in student.state_dict().items():
         torch.testing.assert_close(v, before[k])
     assert "loss_disc" in log[0]
     student, log = distill(teacher, world, SiDConfig(),
-                           DistillConfig(setting="data-aided", iters=3, batch=32, freeze_kimg=0.0, mix_kimg=0.032),
-                           progress=False)
+                           DistillConfig(setting="data-aided", iters=3, batch=32, freeze_fraction=0.0,
+                                         mix_fraction=0.34), progress=False)
     assert "loss_adv" in log[-1] and "loss_adv" not in log[0]
     assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
 

@@ -107,7 +107,8 @@ class GaussianMixture:
     # --- variants ----------------------------------------------------------------------------------------
     def biased(self, bias: float, seed: int) -> GaussianMixture:
         """A misspecified copy: weights tilted by ``exp(bias * g_k)`` and each mean moved ``bias / 10`` (about
-        two to three mode widths of the default world) along a random direction. A teacher trained on it is wrong in a known way; ``bias = 0`` returns an equal copy."""
+        two to three mode widths of the default world) along a random direction. A teacher trained on it is wrong
+        in a known way; ``bias = 0`` returns an equal copy."""
         if not bias >= 0:
             raise ValueError(f"bias must be >= 0, got {bias}")
         g = torch.Generator().manual_seed(seed + 7919)

@@ -19,7 +19,7 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_scatter(path: Path, sets: dict[str, torch.Tensor], max_points: int = 4000) -> None:
-    """One panel per sample set, on shared axes."""
+    """One panel per sample set, on shared axes; the first set (the data) is drawn in grey behind the others."""
     names = list(sets)
     cols = min(4, len(names))
     rows = (len(names) + cols - 1) // cols
@@ -28,6 +28,8 @@ def plot_scatter(path: Path, sets: dict[str, torch.Tensor], max_points: int = 40
     lo, hi = ref.min(0).values - 0.5, ref.max(0).values + 0.5
     for ax, name in zip(axes.flat, names, strict=False):
         x = sets[name][:max_points]
+        if name != names[0]:
+            ax.scatter(ref[:max_points, 0], ref[:max_points, 1], s=1, alpha=0.15, color="0.6")
         ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, color="black" if name == names[0] else "tab:blue")
         ax.set_title(name, fontsize=8)
         ax.set_xlim(float(lo[0]), float(hi[0]))
