@@ -35,7 +35,7 @@ def main() -> int:
             out = args.out / f"{world}-seed{seed}"
             t0 = time.time()
             cmd = [sys.executable, "-m", "sidrepro.cli", "toy", *WORLDS[world], "--seed", str(seed),
-                   "--out", str(out), "--quiet"]
+                   "--out", str(out), "--quiet", "--check"]
             rc = subprocess.call(cmd, stdout=subprocess.DEVNULL)
             ok &= rc == 0
             res = json.loads((out / "result.json").read_text())

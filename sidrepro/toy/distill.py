@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..sid.adversarial import AdversarialSchedule
@@ -64,10 +63,6 @@ def _sanitize(params) -> None:
             torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
 
 
-def _set_trainable(net: nn.Module, flag: bool) -> None:
-    net.requires_grad_(flag)
-
-
 def distill(
     teacher: VelocityMLP,
     data: GaussianMixture,
@@ -104,7 +99,6 @@ def distill(
         cos = 0.5 * (1 + math.cos(math.pi * (it - half) / max(1, cfg.iters - half)))
         return cfg.lr_decay + (1 - cfg.lr_decay) * cos
 
-
     def prompts() -> tuple[torch.Tensor, torch.Tensor | None]:
         if aided:
             x_real, labels = data.sample(B, g)
@@ -123,8 +117,8 @@ def distill(
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(it)
         # Fake-score phase: the fake net (and, data-aided, the discriminator it carries) learns.
-        _set_trainable(fake, True)
-        _set_trainable(gen, False)
+        fake.requires_grad_(True)
+        gen.requires_grad_(False)
         labels, x_real = prompts()
         z, eps, t = noise()
         out_f = method.fake_phase(Bound(gen, labels).velocity, Bound(fake, labels), z, eps, t, steps,
@@ -135,22 +129,25 @@ def distill(
         _sanitize(fake.parameters())
         opt_f.step()
         # Generator phase: fresh prompts and noise; gradient flows through teacher and fake net into x_g.
-        _set_trainable(fake, False)
-        _set_trainable(gen, True)
-        labels, _ = prompts()
-        z, eps, t = noise()
-        out_g = method.generator_phase(Bound(gen, labels).velocity, Bound(teacher, labels), Bound(fake, labels),
-                                       z, eps, t, steps, nimg=nimg, noise_generator=g)
-        opt_g.zero_grad(set_to_none=True)
+        # (Data-aided: skipped while the schedule keeps the generator frozen.)
+        stats_g = {}
         if method.generator_steps(nimg):
+            fake.requires_grad_(False)
+            gen.requires_grad_(True)
+            labels, _ = prompts()
+            z, eps, t = noise()
+            out_g = method.generator_phase(Bound(gen, labels).velocity, Bound(teacher, labels),
+                                           Bound(fake, labels), z, eps, t, steps, nimg=nimg, noise_generator=g)
+            opt_g.zero_grad(set_to_none=True)
             (out_g.loss / B).backward()
             _sanitize(gen.parameters())
             opt_g.step()
+            stats_g = out_g.stats
         nimg += B
         last = it == cfg.iters - 1
         due = monitor is not None and monitor_every > 0 and ((it + 1) % monitor_every == 0 or last)
         if it % 10 == 0 or last or due:
-            row = {"iter": it, "nimg": nimg, "steps": steps, **out_f.stats, **out_g.stats}
+            row = {"iter": it, "nimg": nimg, "steps": steps, **out_f.stats, **stats_g}
             if due:
                 gen.eval()
                 row.update(monitor(gen))
