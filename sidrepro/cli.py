@@ -28,6 +28,9 @@ def _csv(choices: tuple[str, ...]):
 
 
 def _add_toy(sub) -> None:
+    from .toy.world_spec import WorldSpec  # torch-free: the world's defaults live there
+
+    WORLD = WorldSpec()
     p = sub.add_parser("toy", help="SiD on a Gaussian-mixture world with a known answer",
                        description="Train a flow-matching MLP teacher on a Gaussian mixture, distil it with SiD in "
                                    "both settings and measure every model's distance to the true data.")
@@ -35,6 +38,9 @@ def _add_toy(sub) -> None:
     w.add_argument("--dim", type=_positive_int, default=2, help="data dimension (default 2)")
     w.add_argument("--modes", type=_positive_int, default=8, help="mixture components (default 8)")
     w.add_argument("--seed", type=int, default=0, help="picks the world and seeds training (default 0)")
+    w.add_argument("--mean-scale", type=float, default=WORLD.mean_scale, help="spread of the mode means")
+    w.add_argument("--min-std", type=float, default=WORLD.min_std, help="narrowest mode axis (before scaling)")
+    w.add_argument("--max-std", type=float, default=WORLD.max_std, help="widest mode axis (before scaling)")
     w.add_argument("--bias", type=float, default=0.0,
                    help="train the teacher on a misspecified mixture (0 = exact; 1 = strong)")
     w.add_argument("--unconditional", action="store_true", help="distil the null-label (unconditional) model")
@@ -62,14 +68,15 @@ def _run_toy(args: argparse.Namespace) -> int:
 
     from .toy.bench import ToyBenchConfig, all_passed, format_table, run
     from .toy.distill import DistillConfig
-    from .toy.mixture import WorldSpec
     from .toy.teacher import TeacherConfig
+    from .toy.world_spec import WorldSpec
 
     distill_kw = {k: v for k, v in (("iters", args.iters), ("batch", args.batch), ("lr", args.lr),
                                      ("glr", args.glr)) if v is not None}
     teacher = TeacherConfig() if args.teacher_iters is None else replace(TeacherConfig(), iters=args.teacher_iters)
     cfg = ToyBenchConfig(
-        world=WorldSpec(dim=args.dim, modes=args.modes, seed=args.seed), bias=args.bias,
+        world=WorldSpec(dim=args.dim, modes=args.modes, seed=args.seed, mean_scale=args.mean_scale,
+                        min_std=args.min_std, max_std=args.max_std), bias=args.bias,
         conditional=not args.unconditional, guidance=args.guidance, settings=args.settings, noises=args.noise,
         num_steps=args.steps, teacher=teacher, distill=DistillConfig(seed=args.seed, **distill_kw),
         eval_samples=args.eval_samples, eval_repeats=args.eval_repeats,

@@ -27,6 +27,9 @@ def test_bad_arguments_are_refused_by_the_parser(argv, message, capsys):
     (["toy", "--modes", "40", "--dim", "1"], "raise mean_scale"),
     (["toy", "--bias", "-1"], "bias must be >= 0"),
     (["toy", "--eval-samples", "10"], "eval_samples"),
+    (["toy", "--min-std", "0.3", "--max-std", "0.1"], "min_std <= max_std"),
+    (["toy", "--mean-scale", "0"], "mean_scale"),
+    (["toy", "--lr", "-1"], "learning rates must be > 0"),
 ])
 def test_bad_values_are_refused_before_any_work(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2

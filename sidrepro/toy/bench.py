@@ -149,7 +149,7 @@ def run(cfg: ToyBenchConfig, out: Path | None = None, *, progress: bool = True) 
                 "images_seen": cfg.distill.iters * cfg.distill.batch,
             })
     result = {
-        "config": _jsonable(asdict(cfg)),
+        "config": asdict(cfg),
         "world": {"weights": truth.weights.tolist(), "teacher_weights": teacher_world.weights.tolist()},
         "floor": floor,
         "teacher": {"distance": teacher_d, "steps": cfg.teacher_steps, "train_seconds": teacher_seconds,
@@ -178,14 +178,6 @@ def _verdict(setting: str, bias: float, d: dict, teacher_d: dict, floor: dict) -
     return f"FAIL: > {RATIO_BOUND}x teacher"
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -196,7 +188,7 @@ def _write(out: Path, cfg: ToyBenchConfig, result: dict, plot_sets, teacher_loss
     from .plots import plot_losses, plot_scatter
 
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "config.json", json.dumps(_jsonable(asdict(cfg)), indent=2) + "\n")
+    _atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
     _atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     logs = {s.name: s.log for s in students}
     _atomic_write_text(out / "train_log.json", json.dumps({"teacher_loss": teacher_losses[::10], **logs}) + "\n")
