@@ -82,36 +82,30 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run(cfg: ToyBenchConfig, out: Path | None = None, *, progress: bool = True) -> dict:
-    """Run the benchmark; returns the result dict (also written to ``out/result.json`` with plots)."""
-    t_start = time.time()
-    truth = make_world(cfg.world)
-    teacher_world = truth.biased(cfg.bias, cfg.world.seed) if cfg.bias > 0 else truth
-    t0 = time.time()
-    teacher, teacher_losses = train_teacher(teacher_world, cfg.teacher, cfg.world.seed, progress=progress)
-    teacher_seconds = time.time() - t0
+def _train_students(cfg: ToyBenchConfig, teacher: VelocityMLP, truth: GaussianMixture, progress: bool
+                    ) -> list[Student]:
+    """Data-free students, one per noise type; then the data-aided one, continuing from the data-free student
+    of the first noise type, as the paper continues from its data-free checkpoint."""
     sid_base = dict(num_steps=cfg.num_steps, cfg_train_fake=cfg.guidance, cfg_eval_fake=cfg.guidance,
                     cfg_eval_real=cfg.guidance)
-
-    students: list[Student] = []
-    by_noise: dict[str, VelocityMLP] = {}
-    for noise in cfg.noises:
-        if "data-free" in cfg.settings:
-            t0 = time.time()
-            dcfg = DistillConfig(**{**asdict(cfg.distill), "setting": "data-free", "conditional": cfg.conditional})
-            net, log = distill(teacher, truth, SiDConfig(noise=noise, **sid_base), dcfg, progress=progress)
-            students.append(Student(f"SiD data-free ({noise})", "data-free", noise, net, log, time.time() - t0))
-            by_noise[noise] = net
-    # The data-aided student continues from the data-free one, as in the paper (one noise type suffices).
+    jobs = [("data-free", noise) for noise in cfg.noises if "data-free" in cfg.settings]
     if "data-aided" in cfg.settings:
-        noise = cfg.noises[0]
+        jobs.append(("data-aided", cfg.noises[0]))
+    students: list[Student] = []
+    for setting, noise in jobs:
+        init = next((s.net for s in students if s.setting == "data-free" and s.noise == noise), None)
+        dcfg = DistillConfig(**{**asdict(cfg.distill), "setting": setting, "conditional": cfg.conditional})
         t0 = time.time()
-        dcfg = DistillConfig(**{**asdict(cfg.distill), "setting": "data-aided", "conditional": cfg.conditional})
         net, log = distill(teacher, truth, SiDConfig(noise=noise, **sid_base), dcfg,
-                           init_generator=by_noise.get(noise), progress=progress)
-        students.append(Student(f"SiD data-aided ({noise})", "data-aided", noise, net, log, time.time() - t0))
+                           init_generator=init if setting == "data-aided" else None, progress=progress)
+        students.append(Student(f"SiD {setting} ({noise})", setting, noise, net, log, time.time() - t0))
+    return students
 
-    # Evaluation: independent sample sets per repeat; the floor is the distance between two true samples.
+
+def _evaluate(cfg: ToyBenchConfig, teacher: VelocityMLP, truth: GaussianMixture, students: list[Student]
+              ) -> tuple[list[dict], list[dict], dict[tuple[str, int], list[dict]], dict[str, torch.Tensor]]:
+    """Distances of the floor, the teacher and every student, on independent sample sets per repeat. The floor is
+    the distance between two true samples of the same size."""
     n = cfg.eval_samples
     floor_rows, teacher_rows = [], []
     student_rows: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -135,6 +129,19 @@ def run(cfg: ToyBenchConfig, out: Path | None = None, *, progress: bool = True) 
                 student_rows.setdefault((s.name, k), []).append(_distances(x, ref, truth))
                 if r == 0 and k == cfg.num_steps:
                     plot_sets[f"{s.name}, {k} steps"] = x
+    return floor_rows, teacher_rows, student_rows, plot_sets
+
+
+def run(cfg: ToyBenchConfig, out: Path | None = None, *, progress: bool = True) -> dict:
+    """Run the benchmark; returns the result dict (also written to ``out/result.json`` with plots)."""
+    t_start = time.time()
+    truth = make_world(cfg.world)
+    teacher_world = truth.biased(cfg.bias, cfg.world.seed) if cfg.bias > 0 else truth
+    t0 = time.time()
+    teacher, teacher_losses = train_teacher(teacher_world, cfg.teacher, cfg.world.seed, progress=progress)
+    teacher_seconds = time.time() - t0
+    students = _train_students(cfg, teacher, truth, progress)
+    floor_rows, teacher_rows, student_rows, plot_sets = _evaluate(cfg, teacher, truth, students)
 
     floor, teacher_d = _summary(floor_rows), _summary(teacher_rows)
     result_students = []
