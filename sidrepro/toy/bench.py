@@ -91,13 +91,30 @@ def _train_students(cfg: ToyBenchConfig, teacher: VelocityMLP, truth: GaussianMi
     jobs = [("data-free", noise) for noise in cfg.noises if "data-free" in cfg.settings]
     if "data-aided" in cfg.settings:
         jobs.append(("data-aided", cfg.noises[0]))
+    # A cheap running distance (2,000 samples) for the distance-vs-images curve; the reported one comes later.
+    g = torch.Generator().manual_seed(99)
+    ref, _ = truth.sample(2000, g)
+    labels, z = _labels(truth, 2000, g, cfg.conditional), torch.randn(2000, truth.dim, generator=g)
+
+    def monitor_for(noise: str):
+        def monitor(net: VelocityMLP) -> dict[str, float]:
+            out = {}
+            for k in sorted({1, cfg.num_steps}):
+                with torch.no_grad():
+                    x = generate(Bound(net, labels).velocity, z, k, num_steps=cfg.num_steps, noise=noise,
+                                 generator=torch.Generator().manual_seed(7))
+                out[f"energy_{k}step"] = energy_distance(x, ref)
+            return out
+        return monitor
+
     students: list[Student] = []
     for setting, noise in jobs:
         init = next((s.net for s in students if s.setting == "data-free" and s.noise == noise), None)
         dcfg = DistillConfig(**{**asdict(cfg.distill), "setting": setting, "conditional": cfg.conditional})
         t0 = time.time()
         net, log = distill(teacher, truth, SiDConfig(noise=noise, **sid_base), dcfg,
-                           init_generator=init if setting == "data-aided" else None, progress=progress)
+                           init_generator=init if setting == "data-aided" else None, monitor=monitor_for(noise),
+                           monitor_every=max(1, dcfg.iters // 10), progress=progress)
         students.append(Student(f"SiD {setting} ({noise})", setting, noise, net, log, time.time() - t0))
     return students
 
