@@ -30,7 +30,7 @@ def _csv(choices: tuple[str, ...]):
 def _add_toy(sub) -> None:
     from .toy.world_spec import WorldSpec  # torch-free: the world's defaults live there
 
-    WORLD = WorldSpec()
+    world_defaults = WorldSpec()
     p = sub.add_parser("toy", help="SiD on a Gaussian-mixture world with a known answer",
                        description="Train a flow-matching MLP teacher on a Gaussian mixture, distil it with SiD in "
                                    "both settings and measure every model's distance to the true data.")
@@ -38,9 +38,9 @@ def _add_toy(sub) -> None:
     w.add_argument("--dim", type=_positive_int, default=2, help="data dimension (default 2)")
     w.add_argument("--modes", type=_positive_int, default=8, help="mixture components (default 8)")
     w.add_argument("--seed", type=int, default=0, help="picks the world and seeds training (default 0)")
-    w.add_argument("--mean-scale", type=float, default=WORLD.mean_scale, help="spread of the mode means")
-    w.add_argument("--min-std", type=float, default=WORLD.min_std, help="narrowest mode axis (before scaling)")
-    w.add_argument("--max-std", type=float, default=WORLD.max_std, help="widest mode axis (before scaling)")
+    w.add_argument("--mean-scale", type=float, default=world_defaults.mean_scale, help="spread of the mode means")
+    w.add_argument("--min-std", type=float, default=world_defaults.min_std, help="narrowest mode axis (before scaling)")
+    w.add_argument("--max-std", type=float, default=world_defaults.max_std, help="widest mode axis (before scaling)")
     w.add_argument("--bias", type=float, default=0.0,
                    help="train the teacher on a misspecified mixture (0 = exact; 1 = strong)")
     w.add_argument("--unconditional", action="store_true", help="distil the null-label (unconditional) model")
