@@ -35,8 +35,8 @@ def _add_toy(sub) -> None:
                        description="Train a flow-matching MLP teacher on a Gaussian mixture, distil it with SiD in "
                                    "both settings and measure every model's distance to the true data.")
     w = p.add_argument_group("world")
-    w.add_argument("--dim", type=_positive_int, default=2, help="data dimension (default 2)")
-    w.add_argument("--modes", type=_positive_int, default=8, help="mixture components (default 8)")
+    w.add_argument("--dim", type=_positive_int, default=world_defaults.dim, help="data dimension (default 2)")
+    w.add_argument("--modes", type=_positive_int, default=world_defaults.modes, help="mixture components (default 8)")
     w.add_argument("--seed", type=int, default=0, help="picks the world and seeds training (default 0)")
     w.add_argument("--mean-scale", type=float, default=world_defaults.mean_scale, help="spread of the mode means")
     w.add_argument("--min-std", type=float, default=world_defaults.min_std, help="narrowest mode axis (before scaling)")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..flow import interpolate, x0_from_velocity
-from .adversarial import AdversarialSchedule, discriminator_loss, generator_adversarial_loss
+from .adversarial import LOGIT_CLAMP, AdversarialSchedule, discriminator_loss, generator_adversarial_loss
 from .losses import fake_score_loss, finite_sum, generator_loss
 from .sampler import VelocityFn, check_noise, generate, step_times
 from .time_law import TIME_MEAN, TIME_STD, sample_time
@@ -133,8 +133,8 @@ class SiD:
             per_d = discriminator_loss(h_real, h_fake, num_elements=x_g[0].numel())
             loss = loss + c.lsd * finite_sum(per_d)
             stats["loss_disc"] = _mean(per_d)
-            stats["d_real"] = _mean(torch.sigmoid(h_real.float().clamp(-10, 10)).mean(1))
-            stats["d_fake"] = _mean(torch.sigmoid(h_fake.float().clamp(-10, 10)).mean(1))
+            stats["d_real"] = _mean(torch.sigmoid(h_real.float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP)).mean(1))
+            stats["d_fake"] = _mean(torch.sigmoid(h_fake.float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP)).mean(1))
         return PhaseOutput(loss, stats, x_g)
 
     # --- phase 2: generator ------------------------------------------------------------------------------

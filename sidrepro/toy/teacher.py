@@ -11,7 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..flow import interpolate
-from ..sid.guidance import cfg
+from ..sid.guidance import cfg, guided_velocity
 from ..sid.time_law import sample_time
 from .mixture import GaussianMixture
 from .nets import VelocityMLP
@@ -61,15 +61,15 @@ def guided(net: VelocityMLP, x_t: Tensor, t: Tensor, labels: Tensor, scale: floa
            ) -> tuple[Tensor, Tensor | None]:
     """CFG in velocity space with the null label; logits (features) from the conditional pass only."""
     null = torch.full_like(labels, net.num_labels)
-    if scale == 1 or bool((labels == net.num_labels).all()):
-        out = net(x_t, t, labels, features=features)
-        return out if features else (out, None)
-    if scale == 0:
-        return net(x_t, t, null), None
-    out = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([null, labels]), features=features)
-    v, h = out if features else (out, None)
+    if bool((labels == net.num_labels).all()):
+        scale = 1.0  # unconditional prompts: both halves would be equal
+    if not features:
+        return guided_velocity(net, x_t, t, labels, null, scale), None
+    if scale == 1:
+        return net(x_t, t, labels, features=True)
+    v, h = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([null, labels]), features=True)
     v_u, v_c = v.chunk(2)
-    return cfg(v_u, v_c, scale), (h.chunk(2)[1] if features else None)
+    return cfg(v_u, v_c, scale), h.chunk(2)[1]
 
 
 class Bound:
