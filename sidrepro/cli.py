@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .commands import teachers
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -55,7 +57,7 @@ def _add_toy(sub) -> None:
     d.add_argument("--guidance", type=float, default=1.0, help="CFG scale for teacher and fake net (default 1)")
     d.add_argument("--teacher-iters", type=_positive_int, default=None, help="teacher training iterations")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-samples", type=_positive_int, default=10_000)
+    e.add_argument("--eval-samples", type=_positive_int, default=20_000)
     e.add_argument("--eval-repeats", type=_positive_int, default=3)
     p.add_argument("--out", type=Path, default=Path("runs/toy"), help="output folder (default runs/toy)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidrepro", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_toy(sub)
+    teachers.add(sub)
     return parser
 
 

@@ -70,13 +70,15 @@ def distill(
     cfg: DistillConfig,
     *,
     init_generator: VelocityMLP | None = None,
+    init_fake: VelocityMLP | None = None,
     monitor: Callable[[VelocityMLP], dict[str, float]] | None = None,
     monitor_every: int = 0,
     progress: bool = True,
 ) -> tuple[VelocityMLP, list[dict]]:
     """Distil ``teacher`` into a few-step generator. ``data`` is the true mixture: it supplies the label
-    distribution (the prompts) and, in the data-aided setting, the real samples. Returns the generator and a
-    log row every 10 iterations; every ``monitor_every`` iterations (and at the end) the row also holds
+    distribution (the prompts) and, in the data-aided setting, the real samples. Generator and fake network start
+    as copies of the teacher unless ``init_generator`` / ``init_fake`` are given. Returns the generator and a log
+    row every 10 iterations; every ``monitor_every`` iterations (and at the end) the row also holds
     ``monitor(generator)``, e.g. the distance to the data."""
     aided = cfg.setting == "data-aided"
     total = cfg.iters * cfg.batch
@@ -87,7 +89,7 @@ def distill(
     g = torch.Generator().manual_seed(cfg.seed)
     teacher = teacher.eval().requires_grad_(False)
     gen = copy.deepcopy(init_generator if init_generator is not None else teacher).train()
-    fake = copy.deepcopy(teacher).train()
+    fake = copy.deepcopy(init_fake if init_fake is not None else teacher).train()
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.glr, betas=(0.0, 0.999))
     opt_f = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
     B, nimg, log = cfg.batch, 0, []

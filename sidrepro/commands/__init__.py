@@ -1,0 +1,1 @@
+"""Sub-commands of the ``sidrepro`` command line, one module per group."""

@@ -1,0 +1,1 @@
+"""Teachers: the paper's models behind one adapter protocol, their hub snapshots and a tiny offline zoo."""
