@@ -12,11 +12,6 @@ DEFAULT_LOCK = Path("env/hub-lock.json")
 DEFAULT_ZOO = Path(os.environ.get("SIDREPRO_ZOO", "work/zoo"))
 
 
-def snapshot_folder(snapshots: Path, repo_id: str) -> Path:
-    """Where the snapshot of ``repo_id`` lives: one folder per repo, shared by entries that use the same repo."""
-    return snapshots / repo_id.replace("/", "--")
-
-
 def add(sub) -> None:
     """Register the teacher commands on an argparse sub-parser collection."""
     p = sub.add_parser("teachers", help="list the teachers and baselines of the paper's tables")
@@ -102,12 +97,12 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from ..teachers.hub import HubError, fetch_snapshot
+    from ..teachers.hub import HubError, default_snapshot_dir, fetch_snapshot
 
     jobs = [job for name in args.names for job in _repos(name)]  # validate every name before downloading
     failed = 0
     for repo_id, revision, patterns in jobs:
-        dest = snapshot_folder(args.snapshots, repo_id)
+        dest = default_snapshot_dir(args.snapshots, repo_id)  # one folder per repo
         try:
             snap = fetch_snapshot(repo_id, revision, dest, allow_patterns=patterns, lock_file=args.lock,
                                   update_lock=args.update_lock)
@@ -120,7 +115,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from ..teachers.doctor import format_report, run_checks
+    from ..teachers.doctor import failures, format_report, run_checks
     from ..teachers.registry import BASELINES, TEACHERS
 
     names = args.names or [n for n, e in TEACHERS.items() if not e.zoo]
@@ -134,4 +129,4 @@ def _doctor(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown model {name!r}; `sidrepro teachers` lists the teachers and baselines")
     checks = run_checks(entries, snapshots_dir=args.snapshots, lock_file=args.lock, gpus_needed=args.gpus)
     print(format_report(checks))
-    return 0 if all(c.ok is not False for c in checks) else 1
+    return 1 if failures(checks) else 0

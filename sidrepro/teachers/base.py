@@ -109,13 +109,14 @@ class TeacherAdapter(ABC):
         self._transformer_config = getattr(diffusers, self.transformer_class).load_config(self.folder / "transformer")
         self.check_config(self._transformer_config)
         pipe_cls = getattr(diffusers, self.pipeline_class)
-        self.pipe = pipe_cls.from_pretrained(self.folder, transformer=None, torch_dtype=self.text_dtype)
+        self.pipe = pipe_cls.from_pretrained(self.folder, transformer=None, dtype=self.text_dtype)
         self.pipe.set_progress_bar_config(disable=True)
         for module in self.pipe.components.values():
             if isinstance(module, nn.Module):
                 module.requires_grad_(False).eval().to(self.device)
-        if getattr(self.pipe, "vae", None) is not None:
-            self.pipe.vae.to(dtype=dtype if dtype != torch.float16 else torch.float32)
+        vae_dtype = torch.float32 if dtype == torch.float16 else dtype  # fp16 VAEs overflow
+        if getattr(self.pipe, "vae", None) is not None and self.pipe.vae.dtype != vae_dtype:
+            self.pipe.vae.to(dtype=vae_dtype)
         self._empty: Conditioning | None = None
 
     def check_config(self, config: dict[str, Any]) -> None:
@@ -128,7 +129,7 @@ class TeacherAdapter(ABC):
         import diffusers
 
         cls = getattr(diffusers, self.transformer_class)
-        net = cls.from_pretrained(self.folder, subfolder="transformer", torch_dtype=dtype or self.dtype)
+        net = cls.from_pretrained(self.folder, subfolder="transformer", dtype=dtype or self.dtype)
         return net.to(self.device)
 
     @property

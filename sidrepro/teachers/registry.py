@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 FAMILIES = ("sana", "sd3", "flux")
 FLUX_GUIDANCE_MODES = ("embed_and_cfg", "embed_only")
+BASELINE_FAMILIES = ("sana_sprint", "sd3", "flux")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class BaselineEntry:
     lora_id: str = ""
     lora_weight_name: str = ""
     lora_revision: str = "main"
+    lora_format: str = "diffusers"  # "diffusers": pipe.load_lora_weights; "peft": a PEFT adapter on the transformer
     gated: bool = False
     extra: dict[str, float | int | str] = field(default_factory=dict)  # pipeline call arguments, e.g. max_seq
     allow_patterns: tuple[str, ...] = (
@@ -79,6 +81,16 @@ class BaselineEntry:
     download_gb: float = 30.0
     min_gpu_mem_gb: float = 24.0  # sampling only
     note: str = ""
+    zoo: bool = False  # a tiny stand-in built by ``sidrepro zoo`` (hub_id and lora_id are then zoo names)
+
+    def __post_init__(self) -> None:
+        if self.family not in BASELINE_FAMILIES:
+            raise ValueError(f"baseline {self.name!r}: unknown family {self.family!r}; choose one of "
+                             f"{', '.join(BASELINE_FAMILIES)}")
+        if self.lora_format not in ("diffusers", "peft"):
+            raise ValueError(f"baseline {self.name!r}: lora_format must be 'diffusers' or 'peft'")
+        if self.steps < 1:
+            raise ValueError(f"baseline {self.name!r}: steps must be >= 1")
 
 
 _SANA_NOTE = "guidance 4.5 and 20 steps: SanaPipeline defaults (the paper's tables give 20 steps)"
@@ -144,8 +156,9 @@ BASELINES: dict[str, BaselineEntry] = {e.name: e for e in [
     BaselineEntry("sana-sprint-1.6b-4step", "sana_sprint", "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers",
                   steps=4, guidance=4.5),
     BaselineEntry("flash-sd3", "sd3", "stabilityai/stable-diffusion-3-medium-diffusers", steps=4, guidance=0.0,
-                  lora_id="jasperai/flash-sd3", gated=True,
-                  note="a PEFT adapter on the SD3-Medium transformer; 4 steps without CFG per its card"),
+                  lora_id="jasperai/flash-sd3", lora_format="peft", gated=True,
+                  note="a PEFT adapter on the SD3-Medium transformer; 4 steps without CFG per its card (the card "
+                       "also drops T5; kept here, as for every SD3 row)"),
     BaselineEntry("sd3.5-medium-turbo", "sd3", "tensorart/stable-diffusion-3.5-medium-turbo", steps=8, guidance=1.0,
                   note="8 steps from the paper; guidance 1.0 (no CFG) assumed, not printed in the paper"),
     BaselineEntry("sd3.5-large-turbo", "sd3", "stabilityai/stable-diffusion-3.5-large-turbo", steps=4, guidance=0.0,
@@ -161,6 +174,18 @@ BASELINES: dict[str, BaselineEntry] = {e.name: e for e in [
                   note="the smallest published Hyper-FLUX LoRA is the 8-step one (scale 0.125 per its card); the "
                        "paper samples it at 4 steps"),
 ]}
+
+_TINY_BASELINE = dict(resolution=64, zoo=True, download_gb=0.0, min_gpu_mem_gb=0.0)
+BASELINES.update({e.name: e for e in [
+    BaselineEntry("tiny-sana-sprint-1step", "sana_sprint", "tiny-sana-sprint", steps=1, guidance=4.5,
+                  **_TINY_BASELINE),
+    BaselineEntry("tiny-sana-sprint-4step", "sana_sprint", "tiny-sana-sprint", steps=4, guidance=4.5,
+                  **_TINY_BASELINE),
+    BaselineEntry("tiny-flux-schnell", "flux", "tiny-flux-schnell", steps=4, guidance=0.0,
+                  extra={"max_sequence_length": 256}, **_TINY_BASELINE),
+    BaselineEntry("tiny-flux-lora", "flux", "tiny-flux", steps=4, guidance=3.5, lora_id="tiny-flux-lora",
+                  lora_weight_name="pytorch_lora_weights.safetensors", extra={"lora_scale": 0.5}, **_TINY_BASELINE),
+]})
 
 
 def _unknown(kind: str, name: str, known: dict) -> ValueError:
