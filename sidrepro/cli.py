@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import teachers
+from .commands import distill, teachers
 
 
 def _positive_int(text: str) -> int:
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_toy(sub)
     teachers.add(sub)
+    distill.add(sub)
     return parser
 
 

@@ -1,0 +1,140 @@
+"""``sidrepro distill | export | generate``: train a SiD student of a teacher, export it as a diffusers pipeline
+folder, and sample images from it in 4 steps."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .teachers import DEFAULT_SNAPSHOTS, DEFAULT_ZOO
+
+
+def add(sub) -> None:
+    p = sub.add_parser("distill", help="SiD distillation of a teacher (resumes automatically in --out)",
+                       description="Distil a teacher into a few-step generator. Values come from the teacher's "
+                                   "preset (spec §10) and --set overrides; the resolved config, with the source of "
+                                   "every value, is written to OUT/config.json. Re-running the same command in the "
+                                   "same folder resumes from the latest complete checkpoint.")
+    p.add_argument("--teacher", required=True, help="a teacher name (see `sidrepro teachers`)")
+    p.add_argument("--setting", choices=("data-free", "data-aided"), default="data-free")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, grids)")
+    p.add_argument("--snapshot", type=Path, default=None,
+                   help="the teacher's local folder (default: the zoo folder for tiny teachers, else the fetched "
+                        "snapshot under $SIDREPRO_SNAPSHOTS)")
+    p.add_argument("--prompts", type=Path, default=None, help="data-free prompt file, one prompt per line")
+    p.add_argument("--shards", type=Path, default=None, help="data-aided image-text parquet folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set lr=1e-6 --set batch=64")
+    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this node; >1 relaunches via torchrun")
+    p.add_argument("--nnodes", type=int, default=1, help="nodes (multi-node: also set MASTER_ADDR/MASTER_PORT)")
+    p.add_argument("--stop-after-kimg", type=float, default=None,
+                   help="checkpoint and stop this invocation after this many kimg (the run resumes later)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_distill)
+
+    p = sub.add_parser("export", help="write a run's generator as a diffusers pipeline folder with a model card")
+    p.add_argument("--run", type=Path, required=True, help="the run folder of `sidrepro distill`")
+    p.add_argument("--out", type=Path, required=True, help="the student folder to write")
+    p.add_argument("--snapshot", type=Path, default=None, help="the teacher's local folder (default as distill)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("generate", help="images from an exported student with the SiD few-step sampler")
+    p.add_argument("--student", type=Path, required=True, help="a folder written by `sidrepro export`")
+    p.add_argument("--prompts", type=Path, required=True, help="one prompt per line")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the student's)")
+    p.add_argument("--batch", type=int, default=4)
+    p.set_defaults(func=_generate)
+
+
+def teacher_folder(name: str, snapshot: Path | None) -> Path:
+    """Where a teacher's files are: an explicit folder, the zoo folder for tiny teachers, or the fetched snapshot."""
+    from ..teachers.hub import default_snapshot_dir
+    from ..teachers.registry import get_teacher
+
+    if snapshot is not None:
+        return snapshot
+    entry = get_teacher(name)
+    if entry.zoo:
+        folder = DEFAULT_ZOO / name
+        if not folder.is_dir():
+            from ..teachers.zoo import build_zoo
+
+            build_zoo(DEFAULT_ZOO, names=[name])
+        return folder
+    return default_snapshot_dir(DEFAULT_SNAPSHOTS, entry.hub_id)
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    """Run this same command under torchrun with ``--nproc`` processes per node."""
+    argv = [a for a in sys.argv[1:]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
+           f"--nnodes={args.nnodes}"]
+    if args.nnodes > 1:
+        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={os.environ.get('MASTER_ADDR', 'localhost')}:"
+                                       f"{os.environ.get('MASTER_PORT', '29500')}"]
+    else:
+        cmd += ["--standalone"]
+    return subprocess.call([*cmd, "-m", "sidrepro.cli", *argv])
+
+
+def _distill(args: argparse.Namespace) -> int:
+    if (args.nproc > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
+        return _relaunch(args)
+    import torch
+
+    from ..distill.config import parse_overrides, resolve_config
+    from ..distill.trainer import train
+    from ..teachers.load import load_teacher
+
+    overrides = parse_overrides(args.overrides)
+    for key, value in (("prompts", args.prompts), ("shards", args.shards)):
+        if value is not None:
+            overrides[key] = str(value)
+    if args.setting != "data-free":
+        overrides["setting"] = args.setting
+    cfg, sources = resolve_config(args.teacher, overrides)
+    folder = teacher_folder(args.teacher, args.snapshot or (Path(cfg.snapshot) if cfg.snapshot else None))
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    text_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(cfg.text_dtype)
+    weights = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    adapter = load_teacher(args.teacher, folder, device=device, dtype=weights, text_dtype=text_dtype)
+    ckpt = train(cfg, args.out, adapter, progress=not args.quiet, stop_after_kimg=args.stop_after_kimg,
+                 sources=sources)
+    print(f"checkpoint {ckpt}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from ..distill.export import export_student
+
+    cfg = json.loads((args.run / "config.json").read_text())["config"]
+    folder = teacher_folder(cfg["teacher"], args.snapshot or (Path(cfg["snapshot"]) if cfg["snapshot"] else None))
+    out = export_student(args.run, folder, args.out)
+    print(f"student pipeline in {out}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from torchvision.io import write_png
+
+    from ..distill.export import generate_images
+    from ..distill.prompts import read_lines
+
+    prompts = read_lines(args.prompts)
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = [args.seed + i for i in range(len(prompts))]
+    n = 0
+    for seed, _prompt, image in generate_images(args.student, prompts, seeds, batch=args.batch, steps=args.steps):
+        tmp = args.out / f".{seed:06d}.png"
+        write_png(image, str(tmp))
+        tmp.replace(args.out / f"{seed:06d}.png")
+        n += 1
+    print(f"{n} images in {args.out}")
+    return 0

@@ -1,0 +1,304 @@
+"""The SiD-DiT trainer: devices, precision, sharding, accumulation, logging, checkpoints and resume around the
+two phases of :class:`sidrepro.sid.SiD` (the same object the Gaussian-mixture toy trains with).
+
+A linear loop. Per iteration: one ``K`` shared by every rank and both phases; the fake-score phase over the
+per-rank share of the batch in micro-batches, one Adam step; the generator phase on fresh prompts and noise, one
+Adam step (skipped while the data-aided schedule freezes the generator). Every random draw comes from a generator
+seeded by ``(seed, what, nimg, rank)``, so a resumed run replays exactly the draws an uninterrupted one makes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..sid.adversarial import AdversarialSchedule
+from ..sid.method import SiD, SiDConfig
+from ..teachers.base import Conditioning, TeacherAdapter
+from .checkpoint import find_latest, load_checkpoint, save_checkpoint
+from .config import RunConfig
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any tuple of parts, identical on every machine and Python run."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def _generator(device: torch.device, *parts: object) -> torch.Generator:
+    return torch.Generator(device).manual_seed(derive_seed(*parts))
+
+
+# --- distributed ----------------------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); starts a process group when launched by torchrun/accelerate with >1 ranks."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # Spec §8.1: TF32 and reduced-precision reductions off, as the official loops do.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def shard(net: nn.Module) -> nn.Module:
+    """FSDP2 over the transformer blocks, then the root: one all-gather per block, parameters sharded at rest."""
+    from torch.distributed.fsdp import fully_shard
+
+    for attr in ("transformer_blocks", "single_transformer_blocks"):
+        for block in getattr(net, attr, []):
+            fully_shard(block)
+    fully_shard(net)
+    return net
+
+
+# --- precision ------------------------------------------------------------------------------------------------
+def weight_dtype(cfg: RunConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+
+
+def autocast(cfg: RunConfig, device: torch.device):
+    """bf16 autocast for AMP (fp32 weights); nothing otherwise (spec §8.2)."""
+    if cfg.precision == "amp":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sanitize_(params, clip: float) -> float:
+    """Replace non-finite gradient entries (and value-clip when ``clip`` > 0); returns the gradient norm seen
+    before, for the log."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    for g in grads:
+        torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
+        if clip > 0:
+            g.clamp_(-clip, clip)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+# --- conditioning sources -------------------------------------------------------------------------------------
+class PromptBatches:
+    """Per-rank micro-batches of encoded prompts (data-free) or of cached latents + conditioning (data-aided)."""
+
+    def __init__(self, cfg: RunConfig, adapter: TeacherAdapter, rank: int, world: int, device: torch.device):
+        from .prompts import PromptSampler, load_prompts
+
+        self.cfg, self.adapter, self.rank, self.world, self.device = cfg, adapter, rank, world, device
+        self.b_rank, self.rounds = cfg.per_rank(world)
+        self.micro = self.b_rank // self.rounds
+        self.shards = None
+        if cfg.setting == "data-aided":
+            from .data import ShardCache
+
+            if not cfg.shards:
+                raise ValueError("config key 'shards': the data-aided setting needs image-text parquet shards")
+            barrier = torch.distributed.barrier if world > 1 else None
+            self.shards = ShardCache.from_adapter(
+                Path(cfg.shards), Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.shards) / "sidrepro-cache",
+                adapter, resolution=cfg.resolution or None, seed=cfg.seed, rank=rank, world=world,
+                images_per_shard=cfg.images_per_shard, caption_column=cfg.caption_column,
+                image_column=cfg.image_column, barrier=barrier)
+        prompts = load_prompts(Path(cfg.prompts), forbidden=Path(cfg.forbidden_captions)
+                               if cfg.forbidden_captions else None) if cfg.prompts else None
+        if prompts is None and self.shards is None:
+            raise ValueError("config key 'prompts': the data-free setting needs a prompt file (one prompt per line)")
+        self.sampler = PromptSampler(prompts, seed=cfg.seed, rank=rank, world=world) if prompts else None
+
+    def grid_prompts(self, n: int) -> list[str]:
+        """A fixed set of prompts for the sample grids: the first ``n`` of the prompt file or shard captions."""
+        if self.sampler is not None:
+            return list(self.sampler.prompts[:n])
+        return list(self.shards.captions(n))
+
+    def __call__(self, nimg: int, phase: str) -> Iterator[tuple[Conditioning, torch.Tensor | None]]:
+        """Yields ``(conditioning, real latents or None)`` per micro-batch for the batch starting at ``nimg``.
+        The two phases draw different prompts (the official loop encodes a fresh batch per phase); data-aided, both
+        take their captions from the image-text shards (spec §6.3)."""
+        p = 0 if phase == "fake" else 1  # disjoint stretches of the stream for the two phases
+        if self.shards is not None:
+            latents, cond, _ = self.shards.batch(nimg, self.cfg.batch, phase=p, phases=2)
+            for r in range(self.rounds):
+                sl = slice(r * self.micro, (r + 1) * self.micro)
+                yield cond[sl].to(self.device, self.adapter.dtype), latents[sl].to(self.device, self.adapter.dtype)
+            return
+        prompts = self.sampler.batch(nimg, self.cfg.batch, phase=p, phases=2)
+        for r in range(self.rounds):
+            yield self.adapter.encode_prompts(prompts[r * self.micro:(r + 1) * self.micro]), None
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+class _Stop:
+    """Set by SIGTERM/SIGUSR1 (SLURM's warning before a time limit or preemption): checkpoint, then exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+def _init_generator_from(run_dir: Path, gen: nn.Module) -> int:
+    """Load the latest generator of another (data-free) run into ``gen``; returns its image count."""
+    from .checkpoint import export_weights
+
+    ckpt = find_latest(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"config key 'init_from': no complete checkpoint under {run_dir}; run the data-free "
+                                f"distillation first or clear init_from to start from the teacher")
+    gen.load_state_dict(export_weights(ckpt, "generator"))
+    return int(json.loads((ckpt / "state.json").read_text())["nimg"])
+
+
+def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool = True,
+          stop_after_kimg: float | None = None, sources: dict[str, str] | None = None) -> Path:
+    """Distil ``adapter``'s teacher with ``cfg`` into ``out`` (resuming from ``out``'s latest checkpoint), and return
+    the final checkpoint folder. ``stop_after_kimg`` ends this invocation early with a checkpoint (tests, time
+    limits); the run then continues when called again."""
+    from .runlog import RunLog
+
+    rank, world, device = init_distributed()
+    out.mkdir(parents=True, exist_ok=True)
+    b_rank, rounds = cfg.per_rank(world)
+    dtype = weight_dtype(cfg)
+    teacher = adapter.load_transformer(dtype).eval().requires_grad_(False)
+    fake = adapter.load_transformer(dtype).train()
+    gen = adapter.load_transformer(dtype).train()
+    if cfg.grad_checkpointing:
+        for net in (fake, gen):
+            net.enable_gradient_checkpointing()
+    init_nimg = _init_generator_from(Path(cfg.init_from), gen) if cfg.init_from else 0
+    if world > 1:
+        teacher, fake, gen = shard(teacher), shard(fake), shard(gen)
+    opt_f = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=(0.0, 0.999), eps=cfg.adam_eps)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.glr, betas=(0.0, 0.999), eps=cfg.adam_eps)
+    models, optims = {"generator": gen, "fake": fake}, {"generator": opt_g, "fake": opt_f}
+
+    aided = cfg.setting == "data-aided"
+    schedule = AdversarialSchedule(int(cfg.freeze_kimg * 1000), int(cfg.mix_kimg * 1000)) if aided else None
+    method = SiD(SiDConfig(num_steps=cfg.num_steps, init_timestep=cfg.init_timestep, noise=cfg.noise,
+                           alpha=cfg.alpha, weighting=cfg.weighting, cfg_train_fake=cfg.cfg_train_fake,
+                           cfg_eval_fake=cfg.cfg_eval_fake, cfg_eval_real=cfg.cfg_eval_real, ls=cfg.ls,
+                           lsg=cfg.lsg, lsd=cfg.lsd, lsg_gan=cfg.lsg_gan), schedule)
+    batches = PromptBatches(cfg, adapter, rank, world, device)
+    shape = adapter.latent_shape(cfg.resolution)
+
+    nimg, bad_iters, state = 0, 0, {}
+    latest = find_latest(out)
+    if latest is not None:
+        state = load_checkpoint(latest, models=models, optimizers=optims, sharded=world > 1)
+        nimg, bad_iters = int(state["nimg"]), int(state.get("bad_iters", 0))
+    total = int(cfg.duration_kimg * 1000)
+    stop_at = total if stop_after_kimg is None else min(total, int(stop_after_kimg * 1000))
+    tick = max(1, int(cfg.tick_kimg * 1000))
+    log = RunLog(out, rank=rank, cfg=cfg, adapter=adapter, progress=progress, total=total, start=nimg,
+                 grid_prompts=batches.grid_prompts(8))
+    if rank == 0:  # the resolved config (and where each value came from) next to the outputs
+        tmp = out / ".config.json.tmp"
+        tmp.write_text(json.dumps({"config": asdict(cfg), "sources": sources or {}, "world_size": world}, indent=1))
+        tmp.replace(out / "config.json")
+    stopper = _Stop()
+
+    def checkpoint() -> Path:
+        st = {"nimg": nimg, "bad_iters": bad_iters, "init_nimg": init_nimg, "config": asdict(cfg)}
+        return save_checkpoint(out, nimg, models=models, optimizers=optims, state=st, keep=cfg.keep_checkpoints,
+                               sharded=world > 1)
+
+    last_ckpt = latest
+    while nimg < stop_at and not stopper.requested:
+        t0 = time.perf_counter()
+        steps = method.sample_steps(_generator(torch.device("cpu"), cfg.seed, "K", nimg))
+        g = _generator(device, cfg.seed, "noise", nimg, rank)
+        stats: dict[str, float] = {}
+
+        # Fake-score phase: the fake network (and, data-aided, the discriminator it carries) learns.
+        fake.requires_grad_(True)
+        gen.requires_grad_(False)
+        for r, (cond, real) in enumerate(batches(nimg, "fake")):
+            _sync_grads(fake, world, last=r == rounds - 1)
+            n = len(cond)
+            z = torch.randn((n, *shape), generator=g, device=device)
+            eps = torch.randn((n, *shape), generator=g, device=device)
+            t = method.sample_time(n, g)
+            uncond = adapter.empty(n)
+            with autocast(cfg, device):
+                out_f = method.fake_phase(adapter.bind(gen, cond).velocity, adapter.bind(fake, cond, uncond), z, eps,
+                                          t, steps, noise_generator=g, real_x0=real,
+                                          fake_on_real=adapter.bind(fake, cond, uncond) if aided else None)
+            (out_f.loss / b_rank).backward()
+            log.accumulate(out_f.stats)
+        stats["grad_norm_fake"] = sanitize_(fake.parameters(), cfg.grad_clip)
+        finite_f = math.isfinite(stats["grad_norm_fake"])
+        if finite_f:
+            opt_f.step()
+        opt_f.zero_grad(set_to_none=True)
+
+        # Generator phase: fresh prompts and noise; gradients reach x_g through the teacher and the fake network.
+        finite_g = True
+        if method.generator_steps(nimg):
+            fake.requires_grad_(False)
+            gen.requires_grad_(True)
+            for r, (cond, _) in enumerate(batches(nimg, "generator")):
+                _sync_grads(gen, world, last=r == rounds - 1)
+                n = len(cond)
+                z = torch.randn((n, *shape), generator=g, device=device)
+                eps = torch.randn((n, *shape), generator=g, device=device)
+                t = method.sample_time(n, g)
+                uncond = adapter.empty(n)
+                with autocast(cfg, device):
+                    out_g = method.generator_phase(adapter.bind(gen, cond).velocity,
+                                                   adapter.bind(teacher, cond, uncond),
+                                                   adapter.bind(fake, cond, uncond), z, eps, t, steps, nimg=nimg,
+                                                   noise_generator=g)
+                (out_g.loss / b_rank).backward()
+                log.accumulate(out_g.stats)
+            stats["grad_norm_gen"] = sanitize_(gen.parameters(), cfg.grad_clip)
+            finite_g = math.isfinite(stats["grad_norm_gen"])
+            if finite_g:
+                opt_g.step()
+            opt_g.zero_grad(set_to_none=True)
+        if not (finite_f and finite_g):
+            bad_iters += 1
+            if bad_iters > cfg.max_bad_iters:
+                checkpoint()
+                raise RuntimeError(f"{bad_iters} iterations had non-finite gradients (limit max_bad_iters="
+                                   f"{cfg.max_bad_iters}); the last checkpoint is in {out / 'checkpoints'}")
+
+        nimg += cfg.batch
+        stats.update(steps=steps, bad_iters=bad_iters, sec_per_iter=time.perf_counter() - t0)
+        log.step(nimg, stats)
+        ticks = nimg // tick
+        if (nimg % tick) < cfg.batch:  # crossed a tick boundary
+            if ticks % cfg.snapshot_ticks == 0 or nimg >= total:
+                log.snapshot(nimg, gen)
+            if ticks % cfg.checkpoint_ticks == 0:
+                last_ckpt = checkpoint()
+    if last_ckpt is None or int(json.loads((last_ckpt / "state.json").read_text())["nimg"]) != nimg:
+        last_ckpt = checkpoint()
+    log.close(nimg, finished=nimg >= total)
+    return last_ckpt
+
+
+def _sync_grads(net: nn.Module, world: int, *, last: bool) -> None:
+    """Gradient accumulation under FSDP2: reduce-scatter only on the last micro-batch (spec §8.1)."""
+    if world > 1 and hasattr(net, "set_requires_gradient_sync"):
+        net.set_requires_gradient_sync(last)

@@ -1,0 +1,110 @@
+"""The DiT trainer on the tiny zoo: every family trains, checkpoints, exports and generates; a SIGKILLed run
+resumes to the same weights as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sidrepro.distill.config import resolve_config
+from sidrepro.distill.export import export_student, generate_images
+from sidrepro.distill.trainer import train
+from sidrepro.teachers.load import load_teacher
+
+PROMPTS = ["a red cube on a table", "two cats asleep", "a lighthouse at dusk", "a bowl of fruit",
+           "a city street in the rain", "a mountain lake", "an old bicycle", "a plate of pasta"]
+FAMILIES = ["tiny-sana", "tiny-sana-sprint-teacher", "tiny-sd3", "tiny-sd35", "tiny-flux"]
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+def _weights(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(ckpt / f"{name}.safetensors")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_data_free_trains_checkpoints_exports_and_generates(name, tiny_zoo, prompt_file, tmp_path):
+    cfg, sources = resolve_config(name, {"prompts": str(prompt_file), "duration_kimg": "0.008",
+                                         "checkpoint_ticks": "1", "snapshot_ticks": "1"})
+    adapter = load_teacher(name, tiny_zoo[name])
+    teacher_before = {k: v.clone() for k, v in adapter.load_transformer().state_dict().items()}
+    ckpt = train(cfg, tmp_path / "run", adapter, progress=False, sources=sources)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["nimg"] == 4 * (i + 1) for i, r in enumerate(rows))
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss_fake", "loss_sid", "grad_norm_fake",
+                                                                "grad_norm_gen"))
+    gen, fake = _weights(ckpt, "generator"), _weights(ckpt, "fake")
+    assert any(not torch.equal(gen[k], teacher_before[k]) for k in gen)
+    assert any(not torch.equal(fake[k], teacher_before[k]) for k in fake)
+    teacher_after = adapter.load_transformer().state_dict()  # the snapshot on disk is never written
+    assert all(torch.equal(teacher_after[k], teacher_before[k]) for k in teacher_before)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config"]["teacher"] == name and config["sources"]["lr"] == "tiny"
+    assert list((tmp_path / "run" / "grids").glob("grid-*.png")) and (tmp_path / "run" / "losses.png").exists()
+    student = export_student(tmp_path / "run", tiny_zoo[name], tmp_path / "student")
+    assert (student / "README.md").exists() and (student / "transformer" / "config.json").exists()
+    images = list(generate_images(student, PROMPTS[:3], [0, 1, 2], batch=2))
+    assert [s for s, _, _ in images] == [0, 1, 2]
+    assert all(img.dtype == torch.uint8 and img.shape == (3, 64, 64) for _, _, img in images)
+    again = list(generate_images(student, PROMPTS[:3], [0, 1, 2], batch=2))
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(images, again, strict=True))
+
+
+def _distill_cmd(run: Path, prompt_file: Path, zoo: Path, kimg: str) -> list[str]:
+    return [sys.executable, "-m", "sidrepro.cli", "distill", "--teacher", "tiny-sd3", "--out", str(run),
+            "--snapshot", str(zoo), "--prompts", str(prompt_file), "--quiet",
+            "--set", f"duration_kimg={kimg}", "--set", "checkpoint_ticks=3", "--set", "snapshot_ticks=100"]
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_zoo, prompt_file, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    zoo = tiny_zoo["tiny-sd3"]
+    # Uninterrupted: 6 iterations of 4 images (checkpoints at 12 and 24 images).
+    subprocess.run(_distill_cmd(tmp_path / "a", prompt_file, zoo, "0.024"), check=True, env=env, timeout=300)
+    # Interrupted: SIGKILL once the 12-image checkpoint is complete, then the same command again.
+    proc = subprocess.Popen(_distill_cmd(tmp_path / "b", prompt_file, zoo, "0.024"), env=env)
+    first = tmp_path / "b" / "checkpoints" / "ckpt-0000000012" / "COMPLETE"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "b" / "checkpoints" / "ckpt-0000000024" / "COMPLETE").exists()
+    subprocess.run(_distill_cmd(tmp_path / "b", prompt_file, zoo, "0.024"), check=True, env=env, timeout=300)
+    a = tmp_path / "a" / "checkpoints" / "ckpt-0000000024"
+    b = tmp_path / "b" / "checkpoints" / "ckpt-0000000024"
+    for name in ("generator", "fake"):
+        wa, wb = _weights(a, name), _weights(b, name)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+
+def test_bad_inputs_are_refused(tiny_zoo, tmp_path):
+    adapter = load_teacher("tiny-sd3", tiny_zoo["tiny-sd3"])
+    cfg, _ = resolve_config("tiny-sd3")
+    with pytest.raises(ValueError, match="prompt file"):
+        train(cfg, tmp_path / "run", adapter, progress=False)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    cfg, _ = resolve_config("tiny-sd3", {"prompts": str(empty)})
+    with pytest.raises(ValueError, match="no prompts|empty"):
+        train(cfg, tmp_path / "run2", adapter, progress=False)
+    with pytest.raises(ValueError, match="'resolution'"):
+        resolve_config("tiny-sd3", {"resolution": "72"})
+    with pytest.raises(ValueError, match="not a multiple"):
+        load_teacher("tiny-flux", tiny_zoo["tiny-flux"]).latent_shape(72)
