@@ -36,11 +36,11 @@ def test_pure_bf16_applies_the_spec_rules_unless_overridden():
 def test_overrides_parse_and_errors_name_the_key():
     cfg, src = resolve_config("tiny-sd3", parse_overrides(["batch=8", "grad_checkpointing=true", "noise=ddim"]))
     assert (cfg.batch, cfg.grad_checkpointing, cfg.noise) == (8, True, "ddim") and src["batch"] == "user"
-    with pytest.raises(ValueError, match="unknown config key.*lrr"):
+    with pytest.raises(ValueError, match=r"unknown config key.*lrr"):
         resolve_config("tiny-sd3", {"lrr": "1"})
     with pytest.raises(ValueError, match="unknown teacher"):
         resolve_config("sdxl")
-    with pytest.raises(ValueError, match="'batch'.*expected a int"):
+    with pytest.raises(ValueError, match=r"'batch'.*expected a int"):
         resolve_config("tiny-sd3", {"batch": "many"})
     with pytest.raises(ValueError, match="'resolution'"):
         resolve_config("tiny-sd3", {"resolution": "100"})

@@ -102,9 +102,53 @@ def test_bad_inputs_are_refused(tiny_zoo, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     cfg, _ = resolve_config("tiny-sd3", {"prompts": str(empty)})
-    with pytest.raises(ValueError, match="no prompts|empty"):
+    with pytest.raises(ValueError, match=r"no prompts|empty"):
         train(cfg, tmp_path / "run2", adapter, progress=False)
     with pytest.raises(ValueError, match="'resolution'"):
         resolve_config("tiny-sd3", {"resolution": "72"})
     with pytest.raises(ValueError, match="not a multiple"):
         load_teacher("tiny-flux", tiny_zoo["tiny-flux"]).latent_shape(72)
+
+
+def _write_shards(folder: Path, n_shards: int = 2, rows: int = 8) -> Path:
+    """midjourney-v6-llava-style shards: a caption column and PNG bytes in the HF datasets struct layout."""
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for s in range(n_shards):
+        images, captions = [], []
+        for i in range(rows):
+            arr = (torch.rand(48, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PNG")
+            images.append({"bytes": buf.getvalue(), "path": f"{s}-{i}.png"})
+            captions.append(PROMPTS[(s * rows + i) % len(PROMPTS)])
+        pd.DataFrame({"llava": captions, "image": images}).to_parquet(folder / f"train_{s:03d}.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["tiny-sana", "tiny-sd3", "tiny-flux"])
+def test_data_aided_continues_from_data_free_with_the_schedule(name, tiny_zoo, prompt_file, tmp_path):
+    adapter = load_teacher(name, tiny_zoo[name])
+    free, _ = resolve_config(name, {"prompts": str(prompt_file), "duration_kimg": "0.008"})
+    free_ckpt = train(free, tmp_path / "free", adapter, progress=False)
+    shards = _write_shards(tmp_path / "shards")
+    # Generator frozen while nimg <= 4 (spec: "<= 20k"), SiD only while nimg <= 8, then half SiD, half adversarial.
+    cfg, _ = resolve_config(name, {"setting": "data-aided", "shards": str(shards), "init_from": str(tmp_path / "free"),
+                                   "keep_checkpoints": "5",
+                                   "duration_kimg": "0.020", "checkpoint_ticks": "1", "images_per_shard": "8"})
+    train(cfg, tmp_path / "aided", adapter, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "aided" / "log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor([r["loss_fake"], r["loss_disc"]])).all() for r in rows)
+    assert [("loss_sid" in r, "loss_adv" in r) for r in rows] == [(False, False)] * 2 + [(True, False)] + \
+        [(True, True)] * 2
+    assert all(0 <= r["d_real"] <= 1 and 0 <= r["d_fake"] <= 1 for r in rows)
+    # The checkpoint after the frozen iterations still holds the data-free generator.
+    first = tmp_path / "aided" / "checkpoints" / "ckpt-0000000008"
+    start, after = _weights(free_ckpt, "generator"), _weights(first, "generator")
+    assert all(torch.equal(start[k], after[k]) for k in start)
+    assert list((shards / "sidrepro-cache").iterdir())  # shards encoded once, cached
