@@ -152,3 +152,30 @@ def test_data_aided_continues_from_data_free_with_the_schedule(name, tiny_zoo, p
     start, after = _weights(free_ckpt, "generator"), _weights(first, "generator")
     assert all(torch.equal(start[k], after[k]) for k in start)
     assert list((shards / "sidrepro-cache").iterdir())  # shards encoded once, cached
+
+
+def test_two_process_sharded_run_resumes_to_the_same_weights(tiny_zoo, prompt_file, tmp_path):
+    """FSDP2 over 2 CPU processes (gloo): 4 iterations in one go equal 2 + 2 with a resume in between, and the
+    sharded checkpoint exports to a loadable student."""
+    from sidrepro.distill.checkpoint import export_weights
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(folder: Path, stop: str | None) -> None:
+        cmd = [sys.executable, "-m", "sidrepro.cli", "distill", "--teacher", "tiny-sd3", "--out", str(folder),
+               "--snapshot", str(tiny_zoo["tiny-sd3"]), "--prompts", str(prompt_file), "--quiet", "--nproc", "2",
+               "--set", "duration_kimg=0.016", "--set", "checkpoint_ticks=2", "--set", "snapshot_ticks=100"]
+        if stop:
+            cmd += ["--stop-after-kimg", stop]
+        subprocess.run(cmd, check=True, env=env, timeout=240, start_new_session=True)
+
+    run(tmp_path / "a", None)
+    run(tmp_path / "b", "0.008")
+    assert not (tmp_path / "b" / "checkpoints" / "ckpt-0000000016").exists()
+    run(tmp_path / "b", None)
+    for name in ("generator", "fake"):
+        wa = export_weights(tmp_path / "a" / "checkpoints" / "ckpt-0000000016", name)
+        wb = export_weights(tmp_path / "b" / "checkpoints" / "ckpt-0000000016", name)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    student = export_student(tmp_path / "a", tiny_zoo["tiny-sd3"], tmp_path / "student")
+    assert len(list(generate_images(student, PROMPTS[:2], [0, 1]))) == 2

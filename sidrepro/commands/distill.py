@@ -71,7 +71,14 @@ def teacher_folder(name: str, snapshot: Path | None) -> Path:
 
 def _relaunch(args: argparse.Namespace) -> int:
     """Run this same command under torchrun with ``--nproc`` processes per node."""
-    argv = [a for a in sys.argv[1:]]
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # the launcher's own options stay out of the ranks' command lines
+        if skip:
+            skip = False
+        elif a in ("--nproc", "--nnodes"):
+            skip = True
+        elif not a.startswith(("--nproc=", "--nnodes=")):
+            argv.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
            f"--nnodes={args.nnodes}"]
     if args.nnodes > 1:

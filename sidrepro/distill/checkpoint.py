@@ -128,8 +128,9 @@ def load_checkpoint(
 
     ``models``/``optimizers`` must be the same set of names that was saved. With ``sharded=True`` (every rank, FSDP2
     models, optimizers built after ``fully_shard``) DCP loads each rank's shard; the world size may differ from the
-    one that saved. With ``sharded=False`` plain modules are loaded, from either kind of checkpoint. Nothing is
-    modified when the checkpoint fails validation or does not match.
+    one that saved. With ``sharded=False`` plain modules are loaded, from either kind of checkpoint. A checkpoint
+    that fails validation or does not match the models modifies nothing; a shard that turns out unreadable half-way
+    through a DCP load can leave the models partly loaded (raise, do not train on).
     """
     path = Path(path)
     _check_names(models, optimizers)
@@ -429,9 +430,9 @@ def _save_unsharded(run_dir, nimg, models, optimizers, state, keep) -> Path:
                 if not torch.is_tensor(v):
                     raise CheckpointError(f"model {name!r}: state entry {k!r} is not a tensor")
                 v = v.detach().cpu().contiguous()
-                key = (v.untyped_storage().data_ptr(), v.storage_offset())
-                tensors[k] = v.clone() if key in seen else v  # safetensors refuses tensors sharing memory
-                seen.add(key)
+                storage = v.untyped_storage().data_ptr()
+                tensors[k] = v.clone() if storage in seen else v  # safetensors refuses tensors sharing memory
+                seen.add(storage)
             save_file(tensors, tmp / f"{name}.safetensors", metadata={"format": FORMAT, "model": name})
             _fsync(tmp / f"{name}.safetensors")
         for name, opt in optimizers.items():
@@ -691,7 +692,7 @@ def _load_dcp(path: Path, models, optimizers, *, distributed: bool) -> dict:
         if name in optimizers:
             with _all_trainable(models[name]):
                 set_state_dict(models[name], optimizers[name], model_state_dict=sd["model"][name],
-                               optim_state_dict=sd["optim"][name])
+                               optim_state_dict=sd["optim"][name], options=lenient)
         else:
             set_model_state_dict(models[name], sd["model"][name])
     return _read_state(path)

@@ -71,8 +71,9 @@ class RunLog:
 
     @torch.no_grad()
     def snapshot(self, nimg: int, gen: nn.Module) -> None:
-        """Sample grids from fixed latents and prompts at 1 and N steps (fixed noise for later steps too)."""
-        if not self.active or not self.grid_prompts:
+        """Sample grids from fixed latents and prompts at 1 and N steps (fixed noise for later steps too). Every rank
+        must call this: a sharded generator's forward is a collective. Rank 0 writes the PNG."""
+        if not self.grid_prompts:
             return
         from torchvision.utils import save_image
 
@@ -87,6 +88,8 @@ class RunLog:
                          num_steps=cfg.num_steps, init_timestep=cfg.init_timestep, noise=cfg.noise,
                          generator=torch.Generator(ad.device).manual_seed(GRID_SEED + 1))
             grids.append((ad.decode(x) + 1) / 2)
+        if not self.active:
+            return
         folder = self.out / "grids"
         folder.mkdir(exist_ok=True)
         tmp = folder / f".grid-{nimg:010d}.png"

@@ -203,7 +203,7 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     shape = adapter.latent_shape(cfg.resolution)
 
     nimg, bad_iters, state = 0, 0, {}
-    latest = find_latest(out)
+    latest = _on_rank0(lambda: find_latest(out), world)  # one decision for every rank
     if latest is not None:
         state = load_checkpoint(latest, models=models, optimizers=optims, sharded=world > 1)
         nimg, bad_iters = int(state["nimg"]), int(state.get("bad_iters", 0))
@@ -224,7 +224,7 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
                                sharded=world > 1)
 
     last_ckpt = latest
-    while nimg < stop_at and not stopper.requested:
+    while nimg < stop_at and not _any_rank(stopper.requested, world, device):
         t0 = time.perf_counter()
         steps = method.sample_steps(_generator(torch.device("cpu"), cfg.seed, "K", nimg))
         g = _generator(device, cfg.seed, "noise", nimg, rank)
@@ -296,6 +296,23 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         last_ckpt = checkpoint()
     log.close(nimg, finished=nimg >= total)
     return last_ckpt
+
+
+def _on_rank0(fn, world: int):
+    """``fn()`` on rank 0, its result broadcast to every rank."""
+    box = [fn() if world == 1 or torch.distributed.get_rank() == 0 else None]
+    if world > 1:
+        torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank when any rank has ``flag`` set (a stop seen by one rank must stop all, together)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _sync_grads(net: nn.Module, world: int, *, last: bool) -> None:
