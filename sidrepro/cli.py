@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:  # bad input that got past argparse: say what and exit cleanly
+    except (ValueError, FileNotFoundError) as err:  # bad input that got past argparse: say what, exit cleanly
         print(f"sidrepro {args.command}: error: {err}", file=sys.stderr)
         return 2
 

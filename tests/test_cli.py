@@ -56,3 +56,40 @@ def test_tiny_toy_run_writes_result_config_and_plots(tmp_path):
     for name in ("samples.png", "losses.png", "train_log.json"):
         assert (out / name).stat().st_size > 0
     assert not list(out.glob("*.tmp*"))
+
+
+def test_teachers_command_lists_every_table_model(capsys):
+    assert main(["teachers", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert {"sana-0.6b", "sd3.5-large", "flux-dev-1024", "tiny-flux"} <= set(listing["teachers"])
+    assert listing["teachers"]["sana-sprint-0.6b-teacher"]["time_scale"] == 1.0
+    assert listing["baselines"]["hyper-flux"]["lora_id"] == "ByteDance/Hyper-SD"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["fetch", "tiny-sana"], "sidrepro zoo"),
+    (["fetch", "sdxl"], "unknown model 'sdxl'"),
+    (["doctor", "sdxl"], "unknown model 'sdxl'"),
+    (["distill", "--teacher", "sdxl", "--out", "x"], "unknown teacher 'sdxl'"),
+    (["distill", "--teacher", "tiny-sd3", "--out", "x", "--set", "lrr=1"], "unknown config key"),
+])
+def test_teacher_and_distill_commands_refuse_bad_names(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_fetch_offline_names_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["fetch", "sana-0.6b", "--snapshots", str(tmp_path / "s"), "--lock", str(tmp_path / "lock.json")]) == 1
+    out = capsys.readouterr().out
+    assert "cannot reach the Hugging Face Hub" in out and "sidrepro fetch" in out
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+def test_zoo_command_builds_entries(tmp_path, capsys):
+    assert main(["zoo", "--out", str(tmp_path), "--names", "tiny-sd3"]) == 0
+    assert (tmp_path / "tiny-sd3" / "model_index.json").exists()
+    assert "1 tiny models" in capsys.readouterr().out
