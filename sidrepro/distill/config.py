@@ -64,7 +64,7 @@ class RunConfig:
     text_dtype: str = ""  # "" = the weights' dtype; "bf16" for SANA's Gemma (spec §7.4)
     # Bookkeeping (a tick is 2,048 images as in the official loop).
     tick_kimg: float = 2.048
-    snapshot_ticks: int = 25  # sample grids (and later metrics)
+    snapshot_ticks: int = 25  # sample grids (and later metrics); 0 = never
     checkpoint_ticks: int = 25
     keep_checkpoints: int = 3
     seed: int = 0

@@ -288,7 +288,7 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         log.step(nimg, stats)
         ticks = nimg // tick
         if (nimg % tick) < cfg.batch:  # crossed a tick boundary
-            if ticks % cfg.snapshot_ticks == 0 or nimg >= total:
+            if cfg.snapshot_ticks and (ticks % cfg.snapshot_ticks == 0 or nimg >= total):
                 log.snapshot(nimg, gen)
             if ticks % cfg.checkpoint_ticks == 0:
                 last_ckpt = checkpoint()
