@@ -129,7 +129,8 @@ def main() -> int:
     print(f"{args.teacher} on {device} ({torch.get_num_threads()} threads), {cfg.precision}, batch {cfg.batch}, "
           f"micro-batch {cfg.batch_gpu}, {len(rows)} timed iterations")
     print(f"iteration {it * 1e3:.1f} ms, network floor {fl * 1e3:.1f} ms, ratio median {statistics.median(ratios):.2f}"
-          f" (min {min(ratios):.2f}, max {max(ratios):.2f})")
+          f" (min {min(ratios):.2f}, max {max(ratios):.2f}); peak memory {rows[-1]['peak_mem_gib']:.2f} GiB "
+          f"({'GPU' if device == 'cuda' else 'process RSS'})")
     return 0
 
 

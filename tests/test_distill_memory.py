@@ -1,0 +1,37 @@
+"""The memory model's exact part against the tensors a real optimiser step allocates; its table's shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sidrepro.distill.memory import estimate, model_state_bytes, table
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("amp", torch.float32), ("bf16", torch.bfloat16)])
+def test_model_states_match_a_real_adam_step(precision, dtype):
+    nets = [nn.Sequential(nn.Linear(32, 64), nn.SiLU(), nn.Linear(64, 8)).to(dtype) for _ in range(3)]
+    teacher, fake, gen = nets
+    params = sum(p.numel() for p in teacher.parameters())
+    for net in (fake, gen):
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.0, 0.999))
+        net(torch.randn(4, 32, dtype=dtype)).square().sum().backward()
+        opt.step()
+        net.optim_state = opt.state  # keep it alive for the count
+    measured = sum(p.numel() * p.element_size() for p in teacher.parameters())
+    for net in (fake, gen):
+        measured += sum(p.numel() * p.element_size() + p.grad.numel() * p.grad.element_size() for p in net.parameters())
+        measured += sum(v.numel() * v.element_size() for st in net.optim_state.values() for v in st.values()
+                        if torch.is_tensor(v) and v.dim() > 0)
+    assert measured == model_state_bytes(params, precision)
+
+
+def test_estimates_shrink_with_more_gpus_and_the_table_covers_every_teacher():
+    a, b = estimate("sd3-medium", gpus=4), estimate("sd3-medium", gpus=8)
+    assert b.model_states_gb == pytest.approx(a.model_states_gb / 2) and b.total_gb < a.total_gb
+    assert estimate("sana-0.6b", batch_gpu=4).activations_gb > estimate("sana-0.6b").activations_gb
+    no_ckpt = estimate("sd3.5-large", grad_checkpointing=False)
+    assert no_ckpt.activations_gb > estimate("sd3.5-large").activations_gb
+    rows = table().splitlines()
+    assert len(rows) == 1 + 2 * 7 and all(r.endswith(("yes", "NO")) for r in rows[1:])
