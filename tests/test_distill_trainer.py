@@ -179,3 +179,15 @@ def test_two_process_sharded_run_resumes_to_the_same_weights(tiny_zoo, prompt_fi
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     student = export_student(tmp_path / "a", tiny_zoo["tiny-sd3"], tmp_path / "student")
     assert len(list(generate_images(student, PROMPTS[:2], [0, 1]))) == 2
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result(tiny_zoo, prompt_file, tmp_path):
+    adapter = load_teacher("tiny-sd3", tiny_zoo["tiny-sd3"])
+    ckpts = {}
+    for flag in ("false", "true"):
+        cfg, _ = resolve_config("tiny-sd3", {"prompts": str(prompt_file), "duration_kimg": "0.008",
+                                             "grad_checkpointing": flag, "snapshot_ticks": "0"})
+        ckpts[flag] = train(cfg, tmp_path / flag, adapter, progress=False)
+    for name in ("generator", "fake"):
+        a, b = _weights(ckpts["false"], name), _weights(ckpts["true"], name)
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name

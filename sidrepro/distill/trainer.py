@@ -184,7 +184,9 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     fake = adapter.load_transformer(dtype).train()
     gen = adapter.load_transformer(dtype).train()
     if cfg.grad_checkpointing:
-        for net in (fake, gen):
+        # The teacher too: the generator loss backpropagates through it to x_g, and recomputing its blocks is
+        # cheaper than holding a 2B-batch CFG pass's activations (the official code checkpoints fake and G only).
+        for net in (teacher, fake, gen):
             net.enable_gradient_checkpointing()
     init_nimg = _init_generator_from(Path(cfg.init_from), gen) if cfg.init_from else 0
     if world > 1:
