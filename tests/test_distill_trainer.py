@@ -191,3 +191,26 @@ def test_gradient_checkpointing_changes_memory_not_the_result(tiny_zoo, prompt_f
     for name in ("generator", "fake"):
         a, b = _weights(ckpts["false"], name), _weights(ckpts["true"], name)
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_cli_exports_and_generates(tiny_zoo, prompt_file, tmp_path, caplog):
+    from sidrepro.cli import main
+
+    run = tmp_path / "run"
+    argv = ["distill", "--teacher", "tiny-sd3", "--out", str(run), "--snapshot", str(tiny_zoo["tiny-sd3"]),
+            "--prompts", str(prompt_file), "--quiet", "--set", "duration_kimg=0.012", "--set", "checkpoint_ticks=1",
+            "--set", "keep_checkpoints=3"]
+    assert main([*argv, "--stop-after-kimg", "0.008"]) == 0
+    latest = run / "checkpoints" / "ckpt-0000000008"
+    (latest / "generator.safetensors").write_bytes(b"not a safetensors file")  # a torn write
+    assert main(argv) == 0  # resumes from the 4-image checkpoint, warns about the bad one
+    assert "ckpt-0000000008" in caplog.text
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["nimg"] for r in rows] == [4, 8, 8, 12]  # iterations 5-8 were redone from the good checkpoint
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "student"),
+                 "--snapshot", str(tiny_zoo["tiny-sd3"])]) == 0
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\n")
+    assert main(["generate", "--student", str(tmp_path / "student"), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "images")]) == 0
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["000000.png", "000001.png"]

@@ -129,7 +129,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from torchvision.io import write_png
+    from PIL import Image
 
     from ..distill.export import generate_images
     from ..distill.prompts import read_lines
@@ -140,7 +140,7 @@ def _generate(args: argparse.Namespace) -> int:
     n = 0
     for seed, _prompt, image in generate_images(args.student, prompts, seeds, batch=args.batch, steps=args.steps):
         tmp = args.out / f".{seed:06d}.png"
-        write_png(image, str(tmp))
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
         tmp.replace(args.out / f"{seed:06d}.png")
         n += 1
     print(f"{n} images in {args.out}")
