@@ -19,7 +19,6 @@ Stored dtypes: latents fp32 by default (``latent_dtype``), conditioning tensors 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -27,15 +26,15 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..atomic import write_atomic, write_json_atomic
 from .prompts import prompt_indices
 
 __all__ = [
@@ -201,24 +200,6 @@ def file_sha256(path: Path) -> str:
                 digest.update(chunk)
         _HASHES[memo] = digest.hexdigest()
     return _HASHES[memo]
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_atomic(path, lambda h: h.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode()))
 
 
 # --- cache files ------------------------------------------------------------------------------------------
@@ -397,8 +378,8 @@ def encode_shard(path: Path, cache_dir: Path, *, encode_images: Callable[[Tensor
             "cond_shapes": {k: list(v.shape[1:]) for k, v in cond.items()}}
     payload = {"meta": meta, "rows": torch.tensor(rows, dtype=torch.long), "captions": captions, "latents": lat,
                "cond": cond, "cond_fields": names}
-    _write_atomic(out, lambda h: torch.save(payload, h))
-    _write_json(_sidecar(out), meta)
+    write_atomic(out, lambda h: torch.save(payload, h))
+    write_json_atomic(_sidecar(out), meta)
     return out
 
 
@@ -488,8 +469,8 @@ def merge_caches(parts: Sequence[Path], out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _sidecar(out).unlink(missing_ok=True)
-    _write_atomic(out, lambda h: torch.save(payload, h))
-    _write_json(_sidecar(out), meta)
+    write_atomic(out, lambda h: torch.save(payload, h))
+    write_json_atomic(_sidecar(out), meta)
     return out
 
 

@@ -237,11 +237,8 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         gen.requires_grad_(False)
         for r, (cond, real) in enumerate(batches(nimg, "fake")):
             _sync_grads(fake, world, last=r == rounds - 1)
-            n = len(cond)
-            z = torch.randn((n, *shape), generator=g, device=device)
-            eps = torch.randn((n, *shape), generator=g, device=device)
-            t = method.sample_time(n, g)
-            uncond = adapter.empty(n)
+            z, eps, t = _draws(method, g, len(cond), shape)
+            uncond = adapter.empty(len(cond))
             with autocast(cfg, device):
                 out_f = method.fake_phase(adapter.bind(gen, cond).velocity, adapter.bind(fake, cond, uncond), z, eps,
                                           t, steps, noise_generator=g, real_x0=real,
@@ -261,11 +258,8 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
             gen.requires_grad_(True)
             for r, (cond, _) in enumerate(batches(nimg, "generator")):
                 _sync_grads(gen, world, last=r == rounds - 1)
-                n = len(cond)
-                z = torch.randn((n, *shape), generator=g, device=device)
-                eps = torch.randn((n, *shape), generator=g, device=device)
-                t = method.sample_time(n, g)
-                uncond = adapter.empty(n)
+                z, eps, t = _draws(method, g, len(cond), shape)
+                uncond = adapter.empty(len(cond))
                 with autocast(cfg, device):
                     out_g = method.generator_phase(adapter.bind(gen, cond).velocity,
                                                    adapter.bind(teacher, cond, uncond),
@@ -298,6 +292,13 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         last_ckpt = checkpoint()
     log.close(nimg, finished=nimg >= total)
     return last_ckpt
+
+
+def _draws(method: SiD, g: torch.Generator, n: int, shape: tuple[int, ...]):
+    """Initial latents, the noise of x_t and the times of one micro-batch, always drawn in this order."""
+    z = torch.randn((n, *shape), generator=g, device=g.device)
+    eps = torch.randn((n, *shape), generator=g, device=g.device)
+    return z, eps, method.sample_time(n, g)
 
 
 def _on_rank0(fn, world: int):

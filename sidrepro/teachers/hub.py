@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ import httpx2
 from huggingface_hub import HfApi, constants, get_hf_file_metadata, get_token, hf_hub_url, snapshot_download
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import filter_repo_objects
+
+from ..atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -374,21 +375,6 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def record_lock(lock_file: Path, repo_id: str, requested: str, commit: str) -> None:
     """Set ``repo_id``'s entry in ``lock_file`` (created if missing), keeping the other entries; atomic."""
     lock_file = Path(lock_file)
@@ -398,7 +384,7 @@ def record_lock(lock_file: Path, repo_id: str, requested: str, commit: str) -> N
         if data.get(repo_id) == {"requested": requested, "commit": commit}:
             return
         data[repo_id] = {"requested": requested, "commit": commit}
-        _write_json_atomic(lock_file, data)
+        write_json_atomic(lock_file, data)
 
 
 def pinned_commit(repo_id: str, revision: str, lock_file: Path | None, *, update_lock: bool = False) -> str | None:
@@ -578,7 +564,7 @@ def fetch_snapshot(repo_id: str, revision: str, dest: Path, *, allow_patterns: S
             repo_id=repo_id, missing=[b.split(" (")[0] for b in bad])
     marker = {"format": MARKER_FORMAT, "repo_id": repo_id, "requested": revision, "commit": commit,
               "allow_patterns": patterns, "files": remote.files}
-    _write_json_atomic(tmp / MARKER_NAME, marker)  # written last: its presence means "complete"
+    write_json_atomic(tmp / MARKER_NAME, marker)  # written last: its presence means "complete"
     _move_into_place(tmp, dest)
     logger.info("Fetched %s@%s (%d files) into %s", repo_id, commit[:12], len(remote.files), dest)
     return Snapshot(repo_id, commit, dest, tuple(sorted(remote.files)))
