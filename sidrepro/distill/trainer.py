@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import write_json_atomic
 from ..sid.adversarial import AdversarialSchedule
 from ..sid.method import SiD, SiDConfig
 from ..teachers.base import Conditioning, TeacherAdapter
@@ -215,9 +216,7 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     log = RunLog(out, rank=rank, cfg=cfg, adapter=adapter, progress=progress, total=total, start=nimg,
                  grid_prompts=batches.grid_prompts(8))
     if rank == 0:  # the resolved config (and where each value came from) next to the outputs
-        tmp = out / ".config.json.tmp"
-        tmp.write_text(json.dumps({"config": asdict(cfg), "sources": sources or {}, "world_size": world}, indent=1))
-        tmp.replace(out / "config.json")
+        write_json_atomic(out / "config.json", {"config": asdict(cfg), "sources": sources or {}, "world_size": world})
     stopper = _Stop()
 
     def checkpoint() -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_text_atomic
 from ..sid.method import SiDConfig
 from ..sid.sampler import check_noise, generate
 from .distill import SETTINGS, DistillConfig, distill
@@ -202,20 +203,14 @@ def _verdict(setting: str, bias: float, d: dict, teacher_d: dict, floor: dict) -
     return f"FAIL: > {RATIO_BOUND}x teacher"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _write(out: Path, cfg: ToyBenchConfig, result: dict, plot_sets, teacher_losses, students) -> None:
     from .plots import plot_losses, plot_scatter
 
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-    _atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    write_text_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
     logs = {s.name: s.log for s in students}
-    _atomic_write_text(out / "train_log.json", json.dumps({"teacher_loss": teacher_losses[::10], **logs}) + "\n")
+    write_text_atomic(out / "train_log.json", json.dumps({"teacher_loss": teacher_losses[::10], **logs}) + "\n")
     plot_losses(out / "losses.png", teacher_losses, logs)
     if cfg.world.dim == 2:
         plot_scatter(out / "samples.png", plot_sets)
