@@ -13,11 +13,16 @@ Decisions that the rest of the project relies on:
 - Shard assignment is strided: shard ``k`` of ``n`` takes ``captions[k::n]`` (positions in the list as given), so
   every shard gets a similar mix of captions and the same amount of work.
 - Seeds: the image of prompt id ``p`` uses its own CPU ``torch.Generator`` seeded with
-  ``image_seed(seed, p) = seed * 2**32 + p`` for its initial latent and every fresh noise it needs (with ``seed=0``
-  the image seed is the prompt id). Drawing on the CPU makes the latents the same on every device. Nothing random
-  is shared between images, so any image can be regenerated alone, and sharding or a batch-size change only
-  changes which images share a forward pass; on CPU in fp32 the PNGs are byte-identical (tested). GPU kernels may
-  pick other reduction orders for other batch sizes, which can move a few pixels by one level.
+  ``image_seed(seed, p) = seed * 2**32 + p`` for its initial latent and every fresh noise it needs (the SiD
+  sampler's per-step noise too, see ``sid_sample``; with ``seed=0`` the image seed is the prompt id). Drawing on the
+  CPU gives the same latents on every device. Nothing random is shared between images.
+- Bit-exactness: float kernels (GEMM, convolutions) choose their blocking by tensor shape, so an image's pixels can
+  move by one uint8 level when the forward-pass shape changes, even with identical random draws. Every forward
+  therefore runs at exactly ``batch`` rows (a short last batch is padded with copies of its last row; text encoders
+  see every row even when a caption is empty). Then sharding, resuming, which images share a batch, and
+  regenerating one image alone (``sampler([caption], [image_seed(seed, p)], pad_to=batch)``) give byte-identical
+  PNGs on one device / dtype / library stack (tested). A different ``batch`` may move a few pixels by one level
+  (tested bound); every manifest row records its ``batch`` and ``device``.
 - The model hash (``model_hash``) is a sha256 over the files that define the sampled network: ``transformer/``
   (plus ``sidrepro_student.json`` for a student and the LoRA folder for a LoRA baseline). Each file contributes its
   relative path and size, then its whole content if it is at most 64 MiB, else its first and last MiB (reading
@@ -37,6 +42,7 @@ import json
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,6 +50,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..atomic import write_atomic
 
 __all__ = ["KINDS", "IncompleteSamplesError", "ModelRecord", "ModelSpec", "Sampler", "image_seed", "load_sampler",
            "manifest_name", "merge_manifests", "model_hash", "sample_shard", "shard_rows", "sid_sample", "to_png",
@@ -230,16 +238,40 @@ def sid_sample(velocity_fn, z: Tensor, gens: Sequence[torch.Generator], steps: i
     return x0
 
 
+def _encode_fixed_shape(adapter, prompts: list[str]):
+    """``adapter.encode_prompts`` with the text encoder always run on ``len(prompts)`` rows. The adapter encodes only
+    the non-empty prompts of a batch, so an empty caption would shrink the encoder's batch and move the other rows'
+    embeddings by float rounding; here the non-empty ones are padded back to full size first."""
+    from ..teachers.base import Conditioning
+
+    keep = [i for i, p in enumerate(prompts) if p.strip()]
+    if len(keep) in (0, len(prompts)):
+        return adapter.encode_prompts(prompts)
+    texts = [prompts[i] for i in keep]
+    enc = adapter.encode_prompts(texts + texts[-1:] * (len(prompts) - len(keep)))
+    empty = adapter.empty(len(prompts))
+    rows = {j: enc[n:n + 1] for n, j in enumerate(keep)}
+    return Conditioning.cat([rows.get(i, empty[i:i + 1]) for i in range(len(prompts))])
+
+
 class Sampler:
-    """A loaded model: ``sampler(prompts, seeds)`` -> uint8 images ``(B, 3, H, W)`` at the generation resolution,
-    image ``b`` drawn from its own generator seeded with ``seeds[b]``. ``record`` says what was loaded."""
+    """A loaded model: ``sampler(prompts, seeds, pad_to=B)`` -> uint8 images ``(len(prompts), 3, H, W)`` at the
+    generation resolution, image ``b`` drawn from its own generator seeded with ``seeds[b]``. ``record`` says what
+    was loaded, ``device`` where it runs."""
 
     record: ModelRecord
+    device: torch.device
 
-    def __call__(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
+    def __call__(self, prompts: Sequence[str], seeds: Sequence[int], *, pad_to: int | None = None) -> Tensor:
+        """Sample; with ``pad_to`` a shorter batch is padded with copies of its last row, so every forward pass has
+        the same shape (kernels pick their reduction order by shape, so rows are then bit-stable whatever else
+        shares the batch)."""
+        prompts, seeds = list(prompts), list(seeds)
         if len(prompts) != len(seeds) or not prompts:
             raise ValueError(f"need as many seeds as prompts (and at least one), got {len(prompts)}, {len(seeds)}")
-        return self._sample(list(prompts), list(seeds))
+        n = len(prompts)
+        pad = max(0, (pad_to or n) - n)
+        return self._sample(prompts + prompts[-1:] * pad, seeds + seeds[-1:] * pad)[:n]
 
     def _sample(self, prompts: list[str], seeds: list[int]) -> Tensor:
         raise NotImplementedError
@@ -250,7 +282,7 @@ class _StudentSampler(Sampler):
         from ..distill.export import load_student
 
         self.adapter, self.net, self.meta = load_student(spec.folder, device=device, dtype=dtype)
-        self.dtype = dtype
+        self.dtype, self.device = dtype, self.adapter.device
         self.num_steps = int(self.meta["num_steps"])
         self.steps = spec.steps or self.num_steps
         if spec.resolution and spec.resolution != int(self.meta["resolution"]):
@@ -265,7 +297,7 @@ class _StudentSampler(Sampler):
     def _sample(self, prompts: list[str], seeds: list[int]) -> Tensor:
         gens = _generators(seeds)
         z = _per_image_normal(gens, self.adapter.latent_shape()).to(self.adapter.device, self.dtype)
-        velocity = self.adapter.bind(self.net, self.adapter.encode_prompts(prompts)).velocity
+        velocity = self.adapter.bind(self.net, _encode_fixed_shape(self.adapter, prompts)).velocity
         x = sid_sample(velocity, z, gens, self.steps, num_steps=self.num_steps,
                        init_timestep=int(self.meta["init_timestep"]), noise=str(self.meta["noise"]))
         return to_uint8(self.adapter.decode(x))
@@ -279,6 +311,7 @@ class _TeacherSampler(Sampler):
         entry = get_teacher(spec.name)
         self.adapter = load_teacher(entry, spec.folder, device=device, dtype=dtype)
         self.net = self.adapter.load_transformer().eval().requires_grad_(False)
+        self.device = self.adapter.device
         self.steps = spec.steps or entry.sample_steps
         self.guidance = entry.sample_guidance if spec.guidance is None else float(spec.guidance)
         self.resolution = spec.resolution or entry.resolution
@@ -289,7 +322,7 @@ class _TeacherSampler(Sampler):
 
     def _sample(self, prompts: list[str], seeds: list[int]) -> Tensor:
         noise = _per_image_normal(_generators(seeds), self.adapter.latent_shape(self.resolution))
-        x = self.adapter.sample(self.net, self.adapter.encode_prompts(prompts), steps=self.steps,
+        x = self.adapter.sample(self.net, _encode_fixed_shape(self.adapter, prompts), steps=self.steps,
                                 guidance=self.guidance, noise=noise.to(self.adapter.device))
         return to_uint8(self.adapter.decode(x))
 
@@ -305,6 +338,7 @@ class _BaselineSampler(Sampler):
                             guidance=entry.guidance if spec.guidance is None else float(spec.guidance))
         self.entry = entry
         self.pipe = load_baseline(entry, spec.folder, spec.lora, device=device, dtype=dtype)
+        self.device = torch.device(device)
         self.resolution = spec.resolution or entry.resolution
         revision = _snapshot_revision(spec.folder, entry.revision)
         if spec.lora is not None:
@@ -344,9 +378,7 @@ def to_png(image: Tensor, resolution_out: int) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: fh.write(data))  # temp file ``.{name}.*.tmp`` beside it, fsync, rename
 
 
 def manifest_name(shard: int, num_shards: int) -> str:
@@ -367,8 +399,8 @@ def _check_captions(captions: Sequence[Caption]) -> list[Caption]:
         raise ValueError("no captions to sample")
     ids = [p for p, _, _ in rows]
     if len(set(ids)) != len(ids):
-        dup = sorted({p for p in ids if ids.count(p) > 1})[:10] if len(ids) < 100_000 else "?"
-        raise ValueError(f"prompt ids must be unique; repeated: {dup}")
+        dup = sorted(p for p, n in Counter(ids).items() if n > 1)
+        raise ValueError(f"prompt ids must be unique; repeated: {_ids(dup)}")
     if min(ids) < 0 or max(ids) >= 2**32:
         raise ValueError("prompt ids must be in [0, 2**32)")
     return rows
@@ -486,8 +518,9 @@ def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir
     sampler = spec if isinstance(spec, Sampler) else load_sampler(spec, device=device, dtype=dtype)
     rec = asdict(sampler.record)
     _plan(out_dir, all_rows, num_shards, seed, sampler.record, resolution_out)
-    for p, _, _ in rows:  # temp files of this shard's images left by a kill (other shards share the folder)
-        for tmp in out_dir.glob(f".{p:06d}.png.tmp-*"):
+    ids = {f"{p:06d}.png" for p, _, _ in rows}
+    for tmp in out_dir.glob(".*.png.*.tmp"):  # left by a kill; only this shard's (other shards share the folder)
+        if tmp.name[1:].split(".png.")[0] + ".png" in ids:
             tmp.unlink(missing_ok=True)
     manifest = out_dir / manifest_name(shard, num_shards)
     expect = {"seed": seed, "model_hash": rec["model_hash"], "steps": rec["steps"], "guidance": rec["guidance"],
@@ -500,14 +533,15 @@ def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir
                                           unit="img", disable=not progress) as bar:
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
-            images = sampler([c for _, _, c in chunk], [image_seed(seed, p) for p, _, _ in chunk])
+            images = sampler([c for _, _, c in chunk], [image_seed(seed, p) for p, _, _ in chunk], pad_to=batch)
             for (p, img_id, caption), image in zip(chunk, images, strict=True):
                 png = to_png(image, resolution_out)
                 name = f"{p:06d}.png"
                 _write_atomic(out_dir / name, png)
                 row = {"prompt_id": p, "image_id": img_id, "caption": caption, "file": name, "sha256": _sha256(png),
                        "image_seed": image_seed(seed, p), **expect, "kind": rec["kind"], "model": rec["name"],
-                       "revision": rec["revision"], "shard": shard, "num_shards": num_shards}
+                       "revision": rec["revision"], "shard": shard, "num_shards": num_shards, "batch": batch,
+                       "device": sampler.device.type}
                 fh.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
                 fh.flush()  # the row is durable once the PNG is: a kill loses at most the image in flight
             bar.update(len(chunk))
