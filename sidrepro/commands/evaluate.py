@@ -1,0 +1,84 @@
+"""``sidrepro coco | sample | evaluate``: the COCO-2014 reference and its caption subsets, sharded sampling of a
+student, teacher or baseline, and FID / CLIP score under a named protocol."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add(sub) -> None:
+    p = sub.add_parser("coco", help="COCO-2014 val reference: 256 px PNGs, captions, subsets, statistics")
+    p.add_argument("--coco-dir", type=Path, required=True,
+                   help="holds val2014/ and annotations/captions_val2014.json")
+    p.add_argument("--out", type=Path, required=True, help="reference folder to write")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--download", action="store_true", help="download missing files from images.cocodataset.org")
+    p.add_argument("--workers", type=int, default=0, help="threads for the image conversion")
+    p.add_argument("--stats", nargs="*", default=[], metavar="PROTOCOL",
+                   help="also compute the reference statistics of these protocols (paper, clean)")
+    p.set_defaults(func=_coco)
+
+    p = sub.add_parser("sample", help="one shard of images for a caption subset (resumable)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--student", type=Path, help="an exported student folder")
+    who.add_argument("--teacher", help="a teacher name (its own sampler, table steps and guidance)")
+    who.add_argument("--baseline", help="a baseline name (its own pipeline)")
+    p.add_argument("--snapshot", type=Path, default=None, help="teacher / baseline base folder")
+    p.add_argument("--lora", type=Path, default=None, help="a LoRA baseline's adapter folder")
+    p.add_argument("--reference", type=Path, required=True, help="the folder written by `sidrepro coco`")
+    p.add_argument("--subset", default="paper10k", help="caption subset (paper10k, clean30k, heldout)")
+    p.add_argument("--out", type=Path, required=True, help="sample folder (shared by all shards)")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--limit", type=int, default=None, help="stop after this many new images")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_sample)
+
+
+def _coco(args: argparse.Namespace) -> int:
+    from ..evaluate.reference import prepare_coco
+
+    ref = prepare_coco(args.coco_dir, args.out, resolution=args.resolution, download=args.download,
+                       workers=args.workers)
+    manifest = ref.load_manifest()
+    print(f"{manifest['num_images']} reference images in {ref.images_dir}; subsets: "
+          + ", ".join(f"{k} ({v})" for k, v in ref.subsets.items()))
+    for name in args.stats:
+        from ..evaluate.metrics import reference_stats_for
+
+        print(f"{name} statistics: {reference_stats_for(ref, name)}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..evaluate.reference import CocoReference
+    from ..evaluate.sampling import ModelSpec, merge_manifests, sample_shard
+    from ..teachers.registry import get_baseline
+    from .distill import teacher_folder
+
+    if args.student is not None:
+        spec = ModelSpec.student(args.student, steps=args.steps)
+    elif args.teacher is not None:
+        spec = ModelSpec.teacher(args.teacher, teacher_folder(args.teacher, args.snapshot), steps=args.steps,
+                                 guidance=args.guidance)
+    else:
+        entry = get_baseline(args.baseline)
+        if args.snapshot is None:
+            raise ValueError(f"--snapshot: the base model folder of {entry.name!r} ({entry.hub_id})")
+        spec = ModelSpec.baseline(args.baseline, args.snapshot, args.lora, steps=args.steps, guidance=args.guidance)
+    captions = CocoReference.open(args.reference).load_subset(args.subset)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    manifest = sample_shard(spec, captions, args.out, shard=args.shard, num_shards=args.num_shards, seed=args.seed,
+                            batch=args.batch, device=device, dtype=dtype, progress=not args.quiet, limit=args.limit)
+    print(f"shard {args.shard} of {args.num_shards}: {manifest}")
+    if args.num_shards == 1 and args.limit is None:
+        print(f"all images: {merge_manifests(args.out)}")
+    return 0
