@@ -39,6 +39,16 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_sample)
 
+    p = sub.add_parser("evaluate", help="FID and CLIP score of a sample folder under a named protocol")
+    p.add_argument("--samples", type=Path, required=True, help="a complete folder from `sidrepro sample`")
+    p.add_argument("--reference", type=Path, required=True, help="the folder written by `sidrepro coco`")
+    p.add_argument("--protocol", default="paper", help="paper or clean (see eval_protocol in the README)")
+    p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    p.add_argument("--clip-model", default=None, help="override the protocol's CLIP model name (tests)")
+    p.add_argument("--clip-weights", default=None, help="override its pretrained tag or a local weights file")
+    p.add_argument("--partial", action="store_true", help="accept fewer images than the protocol's count")
+    p.set_defaults(func=_evaluate)
+
 
 def _coco(args: argparse.Namespace) -> int:
     from ..evaluate.reference import prepare_coco
@@ -81,4 +91,22 @@ def _sample(args: argparse.Namespace) -> int:
     print(f"shard {args.shard} of {args.num_shards}: {manifest}")
     if args.num_shards == 1 and args.limit is None:
         print(f"all images: {merge_manifests(args.out)}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..evaluate.metrics import evaluate_samples
+
+    clip = None
+    if args.clip_model or args.clip_weights:
+        if not (args.clip_model and args.clip_weights):
+            raise ValueError("--clip-model and --clip-weights go together")
+        clip = (args.clip_model, args.clip_weights)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    record = evaluate_samples(args.samples, args.reference, args.protocol, args.out, clip=clip, device=device,
+                              require_complete=not args.partial)
+    print(f"{args.protocol}: FID {record['fid']:.3f}, CLIP {record['clip_score']:.4f} on {record['num_images']} images"
+          f" -> {args.out}")
     return 0
