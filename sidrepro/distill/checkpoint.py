@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -46,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ..hashing import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -227,16 +228,8 @@ def _torch_save(obj: Any, path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _describe(folder: Path, rels: Iterable[str]) -> dict[str, dict]:
-    return {rel: {"size": (folder / rel).stat().st_size, "sha256": _sha256(folder / rel)} for rel in rels}
+    return {rel: {"size": (folder / rel).stat().st_size, "sha256": file_digest(folder / rel)} for rel in rels}
 
 
 def _dump_state(state: dict) -> bytes:
@@ -330,7 +323,7 @@ def _check_folder(path: Path, *, verify: bool) -> dict:
             raise CheckpointError(f"{path}: {rel} is missing") from None
         if size != info["size"]:
             raise CheckpointError(f"{path}: {rel} has {size} bytes, the manifest says {info['size']} (truncated?)")
-        if verify and _sha256(file) != info["sha256"]:
+        if verify and file_digest(file) != info["sha256"]:
             raise CheckpointError(f"{path}: {rel} does not match its sha256 (corrupt)")
     return manifest
 

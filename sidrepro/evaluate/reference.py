@@ -50,6 +50,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import write_atomic, write_json_atomic, write_text_atomic
+from ..hashing import file_digest
 
 __all__ = [
     "ANNOTATIONS_URL",
@@ -243,7 +244,7 @@ def prepare_coco(coco_dir: Path, out: Path, *, resolution: int = 256, download: 
         "num_images": len(files),
         "num_annotations": len(annotations),
         "captions_json": str(json_path),
-        "captions_json_sha256": _sha256_file(json_path),
+        "captions_json_sha256": file_digest(json_path),
         "caption_choice": CAPTION_CHOICE,
         "subsets": subsets_meta,
         "pillow_version": Image.__version__,
@@ -265,14 +266,6 @@ def _subset_specs(sizes: Mapping[str, int] | None) -> dict[str, SubsetSpec]:
 
 def _clean(caption: str) -> str:
     return " ".join(caption.split())
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- inputs and download
