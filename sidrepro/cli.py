@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import distill, evaluate, teachers
+from .commands import distill, evaluate, tables, teachers
 
 
 def _positive_int(text: str) -> int:
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     teachers.add(sub)
     distill.add(sub)
     evaluate.add(sub)
+    tables.add(sub)
     return parser
 
 

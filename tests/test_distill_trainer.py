@@ -214,3 +214,21 @@ def test_corrupt_latest_checkpoint_falls_back_and_cli_exports_and_generates(tiny
     assert main(["generate", "--student", str(tmp_path / "student"), "--prompts", str(prompts),
                  "--out", str(tmp_path / "images")]) == 0
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["000000.png", "000001.png"]
+
+
+def test_precomputed_prompt_embeddings_and_parked_encoders(tiny_zoo, prompt_file, tmp_path):
+    """Data-free with the prompt file encoded once into a text cache: the text encoders run only while the cache is
+    built (and for the empty prompt), not per batch."""
+    adapter = load_teacher("tiny-sd3", tiny_zoo["tiny-sd3"])
+    calls = []
+    encode = adapter._encode
+    adapter._encode = lambda prompts: calls.append(len(prompts)) or encode(prompts)
+    cfg, _ = resolve_config("tiny-sd3", {"prompts": str(prompt_file), "duration_kimg": "0.016",
+                                         "precompute_text": "true", "park_encoders": "true", "snapshot_ticks": "0",
+                                         "cache_dir": str(tmp_path / "cache")})
+    ckpt = train(cfg, tmp_path / "run", adapter, progress=False)
+    assert sum(calls) == len(PROMPTS)  # every prompt encoded exactly once, 4 iterations x 2 phases x 4 drawn
+    assert list((tmp_path / "cache" / "prompt-shards").glob("train_*.parquet"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(torch.isfinite(torch.tensor(r["loss_sid"])) for r in rows)
+    assert (ckpt / "generator.safetensors").exists()

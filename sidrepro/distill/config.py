@@ -35,6 +35,10 @@ class RunConfig:
     images_per_shard: int = 19_720
     cache_dir: str = ""  # encoded shards (default: SHARDS/sidrepro-cache), shared by runs of the same teacher
     init_from: str = ""  # data-aided: the data-free run folder whose latest generator it continues from
+    # Data-free: encode the prompt file once into cached embeddings (in shards of images_per_shard prompts) instead
+    # of encoding every batch; with park_encoders the text encoders then stay on the CPU between shard encodings.
+    precompute_text: bool = False
+    park_encoders: bool = False  # text encoders and VAE on the CPU, brought to the device only to encode
     # Method (spec §2-§6).
     resolution: int = 0  # 0: the teacher's own
     num_steps: int = 4

@@ -121,6 +121,8 @@ class PromptBatches:
         if prompts is None and self.shards is None:
             raise ValueError("config key 'prompts': the data-free setting needs a prompt file (one prompt per line)")
         self.sampler = PromptSampler(prompts, seed=cfg.seed, rank=rank, world=world) if prompts else None
+        if self.shards is None and cfg.precompute_text:
+            self.shards = _prompt_cache(cfg, adapter, prompts, rank, world)
 
     def grid_prompts(self, n: int) -> list[str]:
         """A fixed set of prompts for the sample grids: the first ``n`` of the prompt file or shard captions."""
@@ -137,11 +139,37 @@ class PromptBatches:
             latents, cond, _ = self.shards.batch(nimg, self.cfg.batch, phase=p, phases=2)
             for r in range(self.rounds):
                 sl = slice(r * self.micro, (r + 1) * self.micro)
-                yield cond[sl].to(self.device, self.adapter.dtype), latents[sl].to(self.device, self.adapter.dtype)
+                real = None if latents is None else latents[sl].to(self.device, self.adapter.dtype)
+                yield cond[sl].to(self.device, self.adapter.dtype), real
             return
         prompts = self.sampler.batch(nimg, self.cfg.batch, phase=p, phases=2)
         for r in range(self.rounds):
             yield self.adapter.encode_prompts(prompts[r * self.micro:(r + 1) * self.micro]), None
+
+
+def _prompt_cache(cfg: RunConfig, adapter: TeacherAdapter, prompts: list[str], rank: int, world: int):
+    """The prompt file as caption-only parquet shards, encoded once into a text cache (spec §6.4's precomputed
+    path, applied to data-free runs). Rank 0 writes the shards; the cache itself is built like the data-aided one."""
+    import pandas as pd
+
+    from ..atomic import write_atomic
+    from .data import ShardCache
+
+    folder = Path(cfg.cache_dir or Path(cfg.prompts).with_suffix("")) / "prompt-shards"
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        per = cfg.images_per_shard
+        for i in range(0, len(prompts), per):
+            path = folder / f"train_{i // per:03d}.parquet"
+            if not path.exists():
+                frame = pd.DataFrame({cfg.caption_column: prompts[i:i + per]})
+                write_atomic(path, lambda h, f=frame: f.to_parquet(h, index=False))
+    if world > 1:
+        torch.distributed.barrier()
+    return ShardCache.from_adapter(folder, folder / "sidrepro-cache", adapter, with_images=False, seed=cfg.seed,
+                                   rank=rank, world=world, images_per_shard=cfg.images_per_shard,
+                                   caption_column=cfg.caption_column,
+                                   barrier=torch.distributed.barrier if world > 1 else None)
 
 
 # --- the loop -------------------------------------------------------------------------------------------------
@@ -203,6 +231,8 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
                            cfg_eval_fake=cfg.cfg_eval_fake, cfg_eval_real=cfg.cfg_eval_real, ls=cfg.ls,
                            lsg=cfg.lsg, lsd=cfg.lsd, lsg_gan=cfg.lsg_gan), schedule)
     batches = PromptBatches(cfg, adapter, rank, world, device)
+    if cfg.park_encoders:
+        adapter.park_encoders()
     shape = adapter.latent_shape(cfg.resolution)
 
     nimg, bad_iters, state = 0, 0, {}

@@ -1,0 +1,146 @@
+"""Paper-vs-ours tables: every row of one of the paper's tables (``paper_tables.csv``) next to our metrics.
+
+Torch-free. A *mapping* says which metrics file stands for which paper row: ``{model id: {"table", "block",
+"setting", "row" (optional case-insensitive substring of the paper's row name), "steps" (optional)}}``; the workflow
+derives it from its config. Paper rows without a metrics file keep empty "ours" cells; metrics files that match no
+paper row become "ours only" rows (e.g. a data-aided FLUX student, which the paper does not report).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+PAPER_CSV = Path(__file__).resolve().parents[1] / "workflow" / "resources" / "paper_tables.csv"
+# Paper column -> key of our metrics record (``sidrepro evaluate`` writes fid and clip_score; others when measured).
+METRICS: dict[str, str] = {"FID_coco10k": "fid", "CLIP_vitg14": "clip_score", "GenEval_overall": "geneval",
+                           "Aesthetic": "aesthetic", "HPSv2": "hpsv2", "ImageReward": "image_reward",
+                           "PickScore": "pickscore"}
+SETTINGS = ("teacher", "data-free", "data-aided", "baseline-distilled")
+ROW_COLUMNS = ["run", "paper_version", "table", "block", "row", "setting", "steps", "params_B", "source", "model",
+               "protocol", "num_images", "complete", "provenance"]
+
+
+def read_paper(path: Path = PAPER_CSV) -> list[dict[str, str]]:
+    """The paper's rows as printed, one dict per row (all values strings, empty = not in the paper)."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def table_ids(rows: Iterable[Mapping[str, str]]) -> list[str]:
+    """The table ids present in ``rows`` (e.g. table1, table2), sorted."""
+    return sorted({r["table"] for r in rows})
+
+
+def load_mapping(text_or_path: str) -> dict[str, dict[str, Any]]:
+    """A mapping from inline JSON or a JSON file; each entry needs ``block`` and ``setting``."""
+    text = text_or_path.strip()
+    data = json.loads(text if text.startswith("{") else Path(text).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("the mapping must be a JSON object {model id: {block, setting, ...}}")
+    for model, entry in data.items():
+        missing = [k for k in ("block", "setting") if k not in entry]
+        if missing:
+            raise ValueError(f"mapping entry {model!r} lacks {', '.join(missing)}")
+        if entry["setting"] not in SETTINGS:
+            raise ValueError(f"mapping entry {model!r}: setting {entry['setting']!r} is not one of "
+                             f"{', '.join(SETTINGS)}")
+    return data
+
+
+def _sha12(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def _matches(row: Mapping[str, str], entry: Mapping[str, Any]) -> bool:
+    if row["block"] != entry["block"] or row["setting"] != entry["setting"]:
+        return False
+    if entry.get("row") and str(entry["row"]).lower() not in row["row"].lower():
+        return False
+    return not (entry.get("steps") is not None and row["steps"] != str(entry["steps"]))
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def build_table(table: str, version: str, metrics: Iterable[Path], mapping: Mapping[str, Mapping[str, Any]], *,
+                run: str = "paper", paper_csv: Path = PAPER_CSV) -> list[dict[str, str]]:
+    """Rows of ``table`` in paper ``version`` with paper / ours / diff per metric (see the module docstring).
+
+    A metrics file's model id is its file stem; files absent from ``mapping`` are an error (a silent drop would
+    hide a number), entries of another table are skipped. Raises ``ValueError`` for an unknown table or version,
+    and when one metrics file matches several paper rows.
+    """
+    paper = read_paper(paper_csv)
+    if table not in table_ids(paper):
+        raise ValueError(f"unknown table {table!r}; valid: {', '.join(table_ids(paper))}")
+    versions = sorted({r["paper_version"] for r in paper})
+    if version not in versions:
+        raise ValueError(f"unknown paper version {version!r}; valid: {', '.join(versions)}")
+    rows = [dict(r) for r in paper if r["table"] == table and r["paper_version"] == version]
+    ours: dict[int, tuple[str, Path, dict[str, Any]]] = {}
+    extra: list[dict[str, str]] = []
+    for path in sorted(Path(p) for p in metrics):
+        model = path.stem
+        if model not in mapping:
+            raise ValueError(f"{path}: model {model!r} is not in the mapping ({', '.join(sorted(mapping))})")
+        entry = mapping[model]
+        if entry.get("table", table) != table:
+            continue
+        record = json.loads(path.read_text(encoding="utf-8"))
+        hits = [i for i, r in enumerate(rows) if _matches(r, entry)]
+        if len(hits) > 1:
+            raise ValueError(f"{model}: matches {len(hits)} paper rows ({'; '.join(rows[i]['row'] for i in hits)}); "
+                             "add 'row' or 'steps' to its mapping entry")
+        if hits:
+            if hits[0] in ours:
+                raise ValueError(f"paper row {rows[hits[0]]['row']!r} is claimed by {ours[hits[0]][0]} and {model}")
+            ours[hits[0]] = (model, path, record)
+        else:  # the paper has no such row (e.g. data-aided FLUX): ours only
+            extra.append({"paper_version": version, "table": table, "block": entry["block"], "row": model,
+                          "setting": entry["setting"], "steps": str(record.get("steps") or ""), "params_B": "",
+                          "_ours": (model, path, record)})
+    out = []
+    for i, r in enumerate(rows + extra):
+        found = ours.get(i) if i < len(rows) else r.pop("_ours")
+        line = {"run": run, "paper_version": version, "table": table, "block": r["block"], "row": r["row"],
+                "setting": r["setting"], "steps": r["steps"], "params_B": r["params_B"],
+                "source": "paper" if i < len(rows) else "ours only", "model": "", "protocol": "", "num_images": "",
+                "complete": "", "provenance": ""}
+        record: dict[str, Any] = {}
+        if found is not None:
+            model, path, record = found
+            line.update(model=model, protocol=str(record.get("protocol_id", "")),
+                        num_images=str(record.get("num_images", "")), complete=str(record.get("complete", "")),
+                        provenance=_sha12(path))
+        for col, key in METRICS.items():
+            paper_value = r.get(col, "")
+            mine = record.get(key)
+            line[f"{col}_paper"] = paper_value
+            line[f"{col}_ours"] = _fmt(mine)
+            line[f"{col}_diff"] = _fmt(mine - float(paper_value)) if mine is not None and paper_value else ""
+        out.append(line)
+    return out
+
+
+def columns() -> list[str]:
+    """The output columns, in order."""
+    return ROW_COLUMNS + [f"{c}_{k}" for c in METRICS for k in ("paper", "ours", "diff")]
+
+
+def write_table(rows: list[dict[str, str]], out: Path) -> Path:
+    """Write ``rows`` as CSV to ``out`` atomically (a temporary sibling, then a rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns())
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out)
+    return out
