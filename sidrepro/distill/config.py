@@ -117,7 +117,10 @@ class RunConfig:
 # --- presets (spec §10) -----------------------------------------------------------------------------------
 # Values that differ from the dataclass defaults, per teacher, with their source. The defaults above are the SANA
 # run script's (code/script); everything not listed for a teacher keeps them.
-_SD3_LR = {"lr": (1e-6, "readme"), "glr": (1e-6, "readme")}
+# SD3/FLUX: the official loops precompute text embeddings and park encoders and VAE on the CPU (spec corrections
+# 1 and 6); the SANA loop keeps Gemma on the GPU.
+_SD3_LR = {"lr": (1e-6, "readme"), "glr": (1e-6, "readme"), "precompute_text": (True, "code"),
+           "park_encoders": (True, "code")}
 _UNCERTAIN_SAME = {k: "uncertain" for k in ("cfg_train_fake", "cfg_eval_fake", "cfg_eval_real", "alpha", "batch",
                                              "duration_kimg", "resolution")}
 
