@@ -1,4 +1,4 @@
-"""``sidrepro table | merge-samples | tiny-clip | evaluate-tiny``: the workflow's small steps — paper-vs-ours tables,
+"""``sidrepro table | merge-samples | tiny-clip``: the workflow's small steps — paper-vs-ours tables,
 merging the shard manifests of a sample folder, and the tiny offline CLIP model of the smoke workflow."""
 
 from __future__ import annotations
@@ -29,18 +29,6 @@ def add(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_tiny_clip)
 
-    # `sidrepro evaluate --clip-model` needs the model config registered with open_clip in the same process, which
-    # only tiny_clip_checkpoint does; this bridges that for the smoke workflow and calls the same evaluate code.
-    p = sub.add_parser("evaluate-tiny", help="`sidrepro evaluate` with the tiny CLIP of `sidrepro tiny-clip`")
-    p.add_argument("--samples", type=Path, required=True)
-    p.add_argument("--reference", type=Path, required=True)
-    p.add_argument("--protocol", default="paper")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--clip-dir", type=Path, required=True, help="the folder `sidrepro tiny-clip` wrote")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--partial", action="store_true")
-    p.set_defaults(func=_evaluate_tiny)
-
 
 def _table(args: argparse.Namespace) -> int:
     from ..tables import PAPER_CSV, build_table, load_mapping, write_table
@@ -60,20 +48,6 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_tiny_clip(folder: Path) -> None:
-    import json
-
-    import open_clip
-
-    from ..evaluate.clip_score import TINY_CLIP, TINY_CLIP_CONFIG
-
-    if open_clip.get_model_config(TINY_CLIP) is None:
-        config = folder / f"{TINY_CLIP}.json"  # open_clip names a config after its file stem
-        if not config.exists():
-            config.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2) + "\n", encoding="utf-8")
-        open_clip.add_model_config(config)
-
-
 def _tiny_clip(args: argparse.Namespace) -> int:
     from ..evaluate.clip_score import tiny_clip_checkpoint
 
@@ -82,14 +56,3 @@ def _tiny_clip(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_tiny(args: argparse.Namespace) -> int:
-    from ..evaluate.clip_score import TINY_CLIP
-    from .evaluate import _evaluate
-
-    _register_tiny_clip(args.clip_dir)
-    weights = args.clip_dir / f"{TINY_CLIP}-seed{args.seed}.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: run `sidrepro tiny-clip --out {args.clip_dir}` first")
-    return _evaluate(argparse.Namespace(samples=args.samples, reference=args.reference, protocol=args.protocol,
-                                        out=args.out, clip_model=TINY_CLIP, clip_weights=str(weights),
-                                        partial=args.partial))

@@ -113,8 +113,12 @@ def load_clip(name: str, pretrained: str | Path, *, device: str | torch.device =
     import open_clip
 
     name = name.replace("/", "-")  # open_clip's own normalisation ("ViT-g/14" -> "ViT-g-14")
+    sibling = Path(pretrained).parent / f"{name}.json"
+    if open_clip.get_model_config(name) is None and Path(pretrained).is_file() and sibling.is_file():
+        open_clip.add_model_config(sibling)  # a local model ships its config next to its weights
     if open_clip.get_model_config(name) is None:
-        raise ValueError(f"unknown open_clip model {name!r}; register its config with open_clip.add_model_config")
+        raise ValueError(f"unknown open_clip model {name!r}: put its config as {name}.json next to the weights "
+                         f"file, or register it with open_clip.add_model_config")
     cache_dir = Path(cache_dir) if cache_dir is not None else clip_cache_dir()
     source: str
     if Path(pretrained).is_file():
@@ -141,16 +145,16 @@ def load_clip(name: str, pretrained: str | Path, *, device: str | torch.device =
 def tiny_clip_checkpoint(folder: Path, *, seed: int = 0) -> tuple[str, Path]:
     """Register the tiny test config with open_clip and save a random model of it: ``(model name, weights file)``.
 
-    The model is created with ``pretrained=None`` (offline) under a fixed seed; ``load_clip(name, weights)`` then
-    loads it back as local weights, the path real checkpoints take.
+    The model is created with ``pretrained=None`` (offline) under a fixed seed; its config is written next to the
+    weights, so ``load_clip(name, weights)`` loads it back in any process, the path real checkpoints take.
     """
     import open_clip
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"{TINY_CLIP}.json"  # open_clip names a config after its file stem; load_clip finds it here
+    config.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2) + "\n")
     if open_clip.get_model_config(TINY_CLIP) is None:
-        config = folder / f"{TINY_CLIP}.json"  # open_clip names a config after its file stem
-        config.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2) + "\n")
         open_clip.add_model_config(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

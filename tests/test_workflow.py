@@ -1,0 +1,145 @@
+"""The Snakemake workflow: lint, the paper dry run's job counts, schema errors that name the key, the paper-vs-ours
+table builder, and (slow) the smoke chain for table 1 on tiny models in a copy of the workflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidrepro.cli import main
+from sidrepro.tables import build_table
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+SMOKE = "workflow/config/smoke.yaml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _snakemake(*args: str, cwd: Path = REPO, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    block = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.mark.parametrize("configfile", [None, SMOKE])
+def test_lint_is_clean(configfile):
+    args = ["--lint"] + ([f"--configfile={configfile}"] if configfile else [])
+    proc = _snakemake(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_paper_dry_run_lists_every_job_without_data():
+    proc = _snakemake("-n", "--nolock", "--forceall", "results/table1.csv")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # 4 SANA teachers x 2 settings; 16 models (8 students, 4 teachers, 4 SANA-Sprint baselines) x 16 shards.
+    assert _job_counts(proc.stdout) == {"fetch": 8, "distill": 8, "export": 8, "coco_reference": 1, "sample": 256,
+                                        "merge_samples": 16, "evaluate": 16, "table": 1, "total": 314}
+    proc = _snakemake("-n", "--nolock", "--forceall")
+    counts = _job_counts(proc.stdout)
+    assert counts["distill"] == 16 and counts["fetch"] == 18 and counts["evaluate"] == 34 and counts["table"] == 2
+
+
+def test_smoke_dry_run_uses_only_the_smoke_config():
+    proc = _snakemake("-n", "--nolock", "--forceall", f"--configfile={SMOKE}", "results/table1.csv",
+                      "results/table2.csv")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = _job_counts(proc.stdout)
+    assert "fetch" not in counts and counts["zoo"] == 1 and counts["distill"] == 4 and counts["sample"] == 16
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (lambda c: c.update(bogus_key=1), "bogus_key"),
+    (lambda c: c["sample"].update(num_shards="many"), "num_shards"),
+    (lambda c: c["teachers"]["tiny-sd3"].update(setings=["data-free"]), "setings"),
+])
+def test_bad_config_gives_a_schema_error_naming_the_key(change, named, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load((REPO / SMOKE).read_text(encoding="utf-8"))
+    change(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    proc = _snakemake("-n", "--nolock", f"--configfile={path}")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "Error validating config file" in out and named in out, out
+
+
+def _metrics(folder: Path, model: str, fid: float, clip: float) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{model}.json"
+    path.write_text(json.dumps({"fid": fid, "clip_score": clip, "num_images": 16, "complete": False,
+                                "protocol_id": "paper@1", "steps": 4}), encoding="utf-8")
+    return path
+
+
+def test_table_rows_paper_vs_ours(tmp_path):
+    mapping = {"sd3--data-free": {"table": "table2", "block": "SD3-Medium", "setting": "data-free"},
+               "flux--data-aided": {"table": "table2", "block": "FLUX.1-dev", "setting": "data-aided"},
+               "baseline--schnell": {"table": "table2", "block": "FLUX.1-dev", "setting": "baseline-distilled",
+                                     "row": "schnell"}}
+    files = [_metrics(tmp_path, "sd3--data-free", 23.05, 0.340), _metrics(tmp_path, "flux--data-aided", 30.0, 0.3),
+             _metrics(tmp_path, "baseline--schnell", 23.42, 0.345)]
+    rows = build_table("table2", "v2", files, mapping, run="smoke")
+    paper_rows = [r for r in rows if r["source"] == "paper"]
+    assert len(paper_rows) == 17 and all(r["run"] == "smoke" for r in rows)
+    sd3 = next(r for r in rows if r["model"] == "sd3--data-free")
+    assert sd3["row"] == "SiD-DiT (SD3-Medium)" and sd3["FID_coco10k_paper"] == "22.05"
+    assert float(sd3["FID_coco10k_diff"]) == pytest.approx(1.0) and sd3["GenEval_overall_paper"] == ""
+    assert len(sd3["provenance"]) == 12 and sd3["protocol"] == "paper@1" and sd3["num_images"] == "16"
+    assert next(r for r in rows if r["model"] == "baseline--schnell")["row"] == "Flux-Schnell"
+    ours_only = [r for r in rows if r["source"] == "ours only"]
+    assert [r["model"] for r in ours_only] == ["flux--data-aided"] and ours_only[0]["FID_coco10k_paper"] == ""
+    unmeasured = next(r for r in rows if r["row"] == "Hyper-FLUX")
+    assert unmeasured["FID_coco10k_paper"] == "25.44" and unmeasured["FID_coco10k_ours"] == ""
+    ambiguous = {"baseline--schnell": {**mapping["baseline--schnell"], "row": ""}}
+    with pytest.raises(ValueError, match="matches 3 paper rows"):
+        build_table("table2", "v2", [files[2]], ambiguous)
+
+
+def test_table_command_and_unknown_table(tmp_path, capsys):
+    files = [_metrics(tmp_path, "m", 25.0, 0.33)]
+    mapping = json.dumps({"m": {"block": "SANA 0.6B (RF)", "setting": "teacher"}})
+    out = tmp_path / "t1.csv"
+    assert main(["table", "--table", "table1", "--version", "v1", "--metrics", *map(str, files), "--map", mapping,
+                 "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert len(rows) == 12 and rows[0]["model"] == "m" and rows[0]["run"] == "paper"
+    assert main(["table", "--table", "table9", "--map", mapping, "--out", str(out)]) == 2
+    assert "valid: table1, table2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smoke_chain_for_table1(tmp_path):
+    """Zoo -> synthetic data -> distil (both settings) -> export -> sample -> evaluate -> table1 in a copy of the
+    workflow (about 4 minutes on 2 cores); a second run has nothing to do."""
+    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
+    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
+    args = ["--cores", "2", "results/table1.csv", f"--configfile={SMOKE}"]
+    proc = _snakemake(*args, cwd=tmp_path, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "results" / "table1.csv").open(encoding="utf-8")))
+    measured = [r for r in rows if r["model"]]
+    assert {r["model"] for r in measured} == {"tiny-sana--data-free", "tiny-sana--data-aided", "teacher--tiny-sana",
+                                              "baseline--tiny-sana-sprint-4step"}
+    assert all(r["run"] == "smoke" and r["num_images"] == "16" and float(r["FID_coco10k_ours"]) > 0 for r in measured)
+    again = _snakemake("-n", *args, cwd=tmp_path)
+    assert "Nothing to be done" in again.stdout + again.stderr
