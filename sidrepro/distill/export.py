@@ -9,16 +9,15 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..sid.sampler import generate
 from ..teachers.registry import get_teacher
+from ..teachers.student import STUDENT_FILE, load_student
 from .checkpoint import export_weights, find_latest
 
-STUDENT_FILE = "sidrepro_student.json"
 _SKIP = {"transformer", ".cache", ".sidrepro-snapshot.json", "zoo.json"}
 
 
@@ -82,20 +81,6 @@ def _model_card(m: dict) -> str:
             f"`{STUDENT_FILE}`.\n")
 
 
-def load_student(folder: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """(adapter, generator transformer, student metadata) of an exported student folder."""
-    from ..teachers.load import load_teacher
-
-    meta_file = Path(folder) / STUDENT_FILE
-    if not meta_file.exists():
-        raise FileNotFoundError(f"{folder} is not an exported student (no {STUDENT_FILE}); export one with "
-                                f"`sidrepro export`")
-    meta = json.loads(meta_file.read_text())
-    entry = replace(get_teacher(meta["teacher"]), resolution=int(meta["resolution"]))
-    adapter = load_teacher(entry, folder, device=device, dtype=dtype)
-    return adapter, adapter.load_transformer().eval().requires_grad_(False), meta
-
-
 @torch.no_grad()
 def generate_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int], *, batch: int = 4,
                     steps: int | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
@@ -117,9 +102,3 @@ def generate_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int], 
                      init_timestep=int(meta["init_timestep"]), noise=meta["noise"], generator=gens[0])
         images = ((adapter.decode(x) * 127.5 + 128).clamp(0, 255)).to(torch.uint8).cpu()
         yield from zip(ss, ps, images, strict=True)
-
-
-def student_summary(folder: Path) -> dict:
-    """The student's metadata without loading any weights."""
-    return json.loads((Path(folder) / STUDENT_FILE).read_text())
-

@@ -162,7 +162,7 @@ def model_hash(files: Iterable[tuple[str, Path]]) -> str:
 def _hashed_files(spec: ModelSpec) -> list[tuple[str, Path]]:
     files = _weight_files(spec.folder / "transformer", "transformer/")
     if spec.kind == "student":
-        from ..distill.export import STUDENT_FILE
+        from ..teachers.student import STUDENT_FILE
 
         files.append((STUDENT_FILE, spec.folder / STUDENT_FILE))
     if spec.lora is not None:
@@ -279,7 +279,7 @@ class Sampler:
 
 class _StudentSampler(Sampler):
     def __init__(self, spec: ModelSpec, device: torch.device | str, dtype: torch.dtype):
-        from ..distill.export import load_student
+        from ..teachers.student import load_student
 
         self.adapter, self.net, self.meta = load_student(spec.folder, device=device, dtype=dtype)
         self.dtype, self.device = dtype, self.adapter.device
