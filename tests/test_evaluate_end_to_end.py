@@ -3,35 +3,22 @@ a tiny teacher and a tiny local CLIP model (the same code path as the real netwo
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import random
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from sidrepro.cli import main
 
 
 def _synthetic_coco(root: Path, n: int = 16) -> Path:
-    rng = random.Random(0)
-    (root / "val2014").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    images, annotations = [], []
-    words = ["red", "blue", "cat", "dog", "car", "tree", "house", "boat", "sky", "table"]
-    for i in range(n):
-        w, h = rng.choice([(64, 48), (48, 64), (80, 80)])
-        img = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
-        for _ in range(6):
-            x, y = rng.randrange(w - 8), rng.randrange(h - 8)
-            img.paste(tuple(rng.randrange(256) for _ in range(3)), (x, y, x + 8, y + 8))
-        name = f"COCO_val2014_{i + 1:012d}.jpg"
-        img.save(root / "val2014" / name, quality=95)
-        images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
-        annotations.append({"id": 100 + i, "image_id": i + 1, "caption": f"a {rng.choice(words)} {rng.choice(words)}"})
-    (root / "annotations" / "captions_val2014.json").write_text(json.dumps({"images": images,
-                                                                             "annotations": annotations}))
-    return root
+    """The smoke workflow's synthetic COCO-2014 val layout (workflow/scripts/synthetic_coco.py)."""
+    script = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "synthetic_coco.py"
+    spec = importlib.util.spec_from_file_location("synthetic_coco", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build(root, n=n, seed=0)
 
 
 @pytest.mark.slow
