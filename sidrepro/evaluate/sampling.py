@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..atomic import write_atomic
+from ..atomic import write_bytes_atomic
 
 __all__ = ["KINDS", "IncompleteSamplesError", "ModelRecord", "ModelSpec", "Sampler", "image_seed", "load_sampler",
            "manifest_name", "merge_manifests", "model_hash", "sample_shard", "shard_rows", "sid_sample", "to_png",
@@ -377,10 +377,6 @@ def to_png(image: Tensor, resolution_out: int) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, lambda fh: fh.write(data))  # temp file ``.{name}.*.tmp`` beside it, fsync, rename
-
-
 def manifest_name(shard: int, num_shards: int) -> str:
     """The file name of a shard's manifest."""
     return f"manifest-{shard:03d}-of-{num_shards:03d}.jsonl"
@@ -490,7 +486,7 @@ def _resume(manifest: Path, out_dir: Path, rows: list[Caption], expect: dict[str
     if len(keep) != len(found):
         log.info("%s: %d manifest rows dropped (duplicate or missing/changed PNG); regenerating",
                  manifest, len(found) - len(keep))
-        _write_atomic(manifest, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in keep))
+        write_bytes_atomic(manifest, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in keep))
     return done
 
 
@@ -537,7 +533,7 @@ def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir
             for (p, img_id, caption), image in zip(chunk, images, strict=True):
                 png = to_png(image, resolution_out)
                 name = f"{p:06d}.png"
-                _write_atomic(out_dir / name, png)
+                write_bytes_atomic(out_dir / name, png)
                 row = {"prompt_id": p, "image_id": img_id, "caption": caption, "file": name, "sha256": _sha256(png),
                        "image_seed": image_seed(seed, p), **expect, "kind": rec["kind"], "model": rec["name"],
                        "revision": rec["revision"], "shard": shard, "num_shards": num_shards, "batch": batch,
@@ -603,5 +599,5 @@ def merge_manifests(out_dir: str | Path, *, expected: Iterable[int] | None = Non
             parts.append(f"PNG missing for listed ids {_ids(absent)} (rerun their shards)")
         raise IncompleteSamplesError(f"{out_dir}: " + "; ".join(parts), missing + absent, sorted(dup))
     merged = b"".join(json.dumps(rows[p], ensure_ascii=False).encode() + b"\n" for p in sorted(rows))
-    _write_atomic(out_dir / MERGED_FILE, merged)
+    write_bytes_atomic(out_dir / MERGED_FILE, merged)
     return out_dir / MERGED_FILE
