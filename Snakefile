@@ -16,6 +16,9 @@ if "teachers" not in config:
 include: "workflow/rules/common.smk"
 
 
+report: "workflow/report/workflow.rst"
+
+
 wildcard_constraints:
     teacher="|".join(map(re.escape, config["teachers"])) or "NONE",
     setting="data-free|data-aided",
@@ -29,6 +32,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/tables.smk"
 
 

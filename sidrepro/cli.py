@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import distill, evaluate, tables, teachers
+from .commands import data, distill, envs, evaluate, tables, teachers
 
 
 def _positive_int(text: str) -> int:
@@ -97,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_toy(sub)
     teachers.add(sub)
+    data.add(sub)
     distill.add(sub)
     evaluate.add(sub)
     tables.add(sub)
+    envs.add(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ METRICS: dict[str, str] = {"FID_coco10k": "fid", "CLIP_vitg14": "clip_score", "G
                            "PickScore": "pickscore"}
 SETTINGS = ("teacher", "data-free", "data-aided", "baseline-distilled")
 ROW_COLUMNS = ["run", "paper_version", "table", "block", "row", "setting", "steps", "params_B", "source", "model",
-               "protocol", "num_images", "complete", "provenance"]
+               "protocol", "num_images", "complete", "provenance", "metrics_file"]
 
 
 def read_paper(path: Path = PAPER_CSV) -> list[dict[str, str]]:
@@ -111,13 +111,13 @@ def build_table(table: str, version: str, metrics: Iterable[Path], mapping: Mapp
         line = {"run": run, "paper_version": version, "table": table, "block": r["block"], "row": r["row"],
                 "setting": r["setting"], "steps": r["steps"], "params_B": r["params_B"],
                 "source": "paper" if i < len(rows) else "ours only", "model": "", "protocol": "", "num_images": "",
-                "complete": "", "provenance": ""}
+                "complete": "", "provenance": "", "metrics_file": ""}
         record: dict[str, Any] = {}
         if found is not None:
             model, path, record = found
             line.update(model=model, protocol=str(record.get("protocol_id", "")),
                         num_images=str(record.get("num_images", "")), complete=str(record.get("complete", "")),
-                        provenance=_sha12(path))
+                        provenance=_sha12(path), metrics_file=str(path))
         for col, key in METRICS.items():
             paper_value = r.get(col, "")
             mine = record.get(key)
@@ -144,3 +144,25 @@ def write_table(rows: list[dict[str, str]], out: Path) -> Path:
         writer.writerows(rows)
     tmp.replace(out)
     return out
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text not in ("", None) else None
+
+
+def table_metrics(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """The measured rows as nested JSON for ``dvc metrics show/diff``: ``{"rows": {model id: {metric: {paper, ours,
+    diff}}}}`` plus each row's labels and provenance id (DVC lists the numbers and ignores the strings)."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        if not r["model"]:
+            continue
+        entry: dict[str, Any] = {k: r[k] for k in ("block", "row", "setting", "steps", "protocol", "provenance")}
+        entry["num_images"] = int(r["num_images"]) if r["num_images"] else None
+        for col in METRICS:
+            if r[f"{col}_ours"]:
+                entry[col] = {k: _number(r[f"{col}_{k}"]) for k in ("paper", "ours", "diff")}
+        out[r["model"]] = entry
+    first = rows[0] if rows else {}
+    return {"run": first.get("run", ""), "table": first.get("table", ""),
+            "paper_version": first.get("paper_version", ""), "rows": out}

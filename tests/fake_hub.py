@@ -7,6 +7,8 @@ It answers the routes huggingface_hub 2.4.0 calls for ``model_info``, ``snapshot
 - ``HEAD|GET /{repo}/resolve/{rev}/{file}``  file metadata (``X-Repo-Commit``, ``ETag``, ``Content-Length``) and
   bytes;
 - ``GET  /api/models``  an empty model list (a cheap reachability probe);
+- the same routes for dataset repos (``/api/datasets/...``, ``/datasets/{repo}/resolve/...``) for a repo keyed
+  ``datasets/owner/name`` in ``repos``;
 
 and the hub's error answers: 404 ``X-Error-Code: RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``, 401/403
 ``X-Error-Code: GatedRepo`` for a gated repo whose licence the token has not accepted, 401 ``Invalid credentials in
@@ -180,6 +182,11 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return self._json([])
             if len(segments) >= 4 and segments[:2] == ["api", "models"]:
                 return self._api(segments[2:], query, token)
+            if len(segments) >= 4 and segments[:2] == ["api", "datasets"]:
+                return self._api(segments[2:], query, token, prefix="datasets/")
+            if len(segments) >= 6 and segments[0] == "datasets" and segments[3] == "resolve":
+                return self._resolve("datasets/" + "/".join(segments[1:3]), segments[4], "/".join(segments[5:]),
+                                     token)
             if len(segments) >= 5 and segments[2] == "resolve":
                 return self._resolve("/".join(segments[:2]), segments[3], "/".join(segments[4:]), token)
             return self._error(404, None, "Not Found")
@@ -203,8 +210,8 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                                               "for access.")
             return False
 
-        def _api(self, rest: list[str], query: dict[str, list[str]], token: str | None) -> None:
-            repo_id, rest = "/".join(rest[:2]), rest[2:]
+        def _api(self, rest: list[str], query: dict[str, list[str]], token: str | None, prefix: str = "") -> None:
+            repo_id, rest = prefix + "/".join(rest[:2]), rest[2:]
             repo = self._repo(repo_id)
             if repo is None:
                 return
@@ -219,7 +226,8 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 blobs = query.get("blobs", ["false"])[0].lower() == "true"
                 siblings = [{"rfilename": path, **({"size": len(data), "blobId": git_oid(data)} if blobs else {})}
                             for path, data in sorted(repo.files.items())]
-                return self._json({"id": repo_id, "modelId": repo_id, "sha": commit, "private": False,
+                name = repo_id.removeprefix("datasets/")
+                return self._json({"id": name, "modelId": name, "sha": commit, "private": False,
                                    "gated": "manual" if repo.gated else False, "siblings": siblings})
             if rest[0] == "tree" and len(rest) >= 2:
                 commit = repo.resolve(rest[1])

@@ -94,6 +94,30 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_zoo, prompt_file,
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
 
 
+def test_changed_settings_never_resume_a_run(tiny_zoo, prompt_file, tmp_path):
+    """A run folder's checkpoint saved with another lsg is refused (naming the key), or with restart moved aside
+    intact; a longer duration (a resumable key) resumes."""
+    adapter = load_teacher("tiny-sana", tiny_zoo["tiny-sana"])
+    base = {"prompts": str(prompt_file), "duration_kimg": "0.008", "checkpoint_ticks": "1", "tick_kimg": "0.004",
+            "snapshot_ticks": "0"}
+    out = tmp_path / "run"
+    first = train(resolve_config("tiny-sana", base)[0], out, adapter, progress=False)
+    longer = train(resolve_config("tiny-sana", {**base, "duration_kimg": "0.012"})[0], out, adapter, progress=False)
+    assert longer.name == "ckpt-0000000012" and first.exists()
+    changed, _ = resolve_config("tiny-sana", {**base, "duration_kimg": "0.012", "lsg": "50"})
+    with pytest.raises(ValueError, match=r"lsg: 100\.0 -> 50\.0.*--on-config-change restart"):
+        train(changed, out, adapter, progress=False)
+    kept = _weights(longer, "generator")
+    fresh = train(changed, out, adapter, progress=False, on_config_change="restart")
+    assert fresh == longer  # the same path, written by the new run from scratch
+    moved = next((out / "superseded").iterdir())
+    old = _weights(moved / "checkpoints" / longer.name, "generator")
+    assert all(torch.equal(kept[k], old[k]) for k in kept)
+    assert json.loads((moved / "changes.json").read_text()) == {"lsg": [100.0, 50.0]}
+    assert json.loads((fresh / "state.json").read_text())["config"]["lsg"] == 50.0
+    assert not all(torch.equal(kept[k], v) for k, v in _weights(fresh, "generator").items())
+
+
 def test_bad_inputs_are_refused(tiny_zoo, tmp_path):
     adapter = load_teacher("tiny-sd3", tiny_zoo["tiny-sd3"])
     cfg, _ = resolve_config("tiny-sd3")

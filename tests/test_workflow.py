@@ -49,12 +49,16 @@ def test_lint_is_clean(configfile):
 def test_paper_dry_run_lists_every_job_without_data():
     proc = _snakemake("-n", "--nolock", "--forceall", "results/table1.csv")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # 4 SANA teachers x 2 settings; 16 models (8 students, 4 teachers, 4 SANA-Sprint baselines) x 16 shards.
-    assert _job_counts(proc.stdout) == {"fetch": 8, "distill": 8, "export": 8, "coco_reference": 1, "sample": 256,
-                                        "merge_samples": 16, "evaluate": 16, "table": 1, "total": 314}
+    # 4 SANA teachers x 2 settings; 16 models (8 students, 4 teachers, 4 SANA-Sprint baselines) x 16 shards; one
+    # job each fetches the dataset, makes the prompt file from its captions and fetches the protocol's CLIP weights.
+    assert _job_counts(proc.stdout) == {"fetch": 8, "fetch_dataset": 1, "prompts_from_shards": 1, "fetch_clip": 1,
+                                        "distill": 8, "export": 8, "coco_reference": 1, "sample": 256,
+                                        "merge_samples": 16, "evaluate": 16, "sample_grid": 16, "training_curves": 8,
+                                        "table": 1, "total": 341}
     proc = _snakemake("-n", "--nolock", "--forceall")
     counts = _job_counts(proc.stdout)
     assert counts["distill"] == 16 and counts["fetch"] == 18 and counts["evaluate"] == 34 and counts["table"] == 2
+    assert counts["fetch_dataset"] == counts["prompts_from_shards"] == counts["fetch_clip"] == 1
 
 
 def test_smoke_dry_run_uses_only_the_smoke_config():
@@ -143,3 +147,42 @@ def test_smoke_chain_for_table1(tmp_path):
     assert all(r["run"] == "smoke" and r["num_images"] == "16" and float(r["FID_coco10k_ours"]) > 0 for r in measured)
     again = _snakemake("-n", *args, cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # The report: one self-contained HTML file with the table, a sample grid per row and the training curves.
+    report = _snakemake(*args, "--report", "report.html", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    for name in ["table1.csv", "Training curves", "Samples", "tiny-sana--data-free.png", "tiny-sana--data-aided.png",
+                 "teacher--tiny-sana.png", "baseline--tiny-sana-sprint-4step.png"]:
+        assert name in html, name
+
+
+def test_fetch_of_a_gated_teacher_fails_with_the_licence_message(tmp_path):
+    """The paper config's fetch rule against a hub where the teacher's licence was not accepted: the job fails and its
+    log carries the doctor's message (the page to accept the licence at, how to log in)."""
+    from fake_hub import FakeHub, FakeRepo
+
+    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
+    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
+    repo_id = "stabilityai/stable-diffusion-3-medium-diffusers"
+    files = {"model_index.json": b"{}", "transformer/config.json": b"{}"}
+    env = {k: v for k, v in ENV.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    with FakeHub({repo_id: FakeRepo(files, gated=True, gate_api=True)}) as hub:
+        env["HF_ENDPOINT"] = hub.url
+        proc = subprocess.run([SNAKEMAKE, "work/paper/fetched/sd3-medium.done", "--cores", "1"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    log = (tmp_path / "work/paper/logs/fetch/sd3-medium.log").read_text()
+    assert f"https://huggingface.co/{repo_id}" in log and "accept the licence" in log and "hf auth login" in log
+    assert not (tmp_path / "work/paper/fetched/sd3-medium.done").exists()
+    assert not (tmp_path / "env/hub-lock.json").exists()
+
+
+def test_unknown_table_target_fails_naming_the_valid_tables(tmp_path):
+    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
+    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
+    proc = _snakemake("results/table9.csv", "--cores", "1", f"--configfile={SMOKE}", cwd=tmp_path)
+    assert proc.returncode != 0
+    log = (tmp_path / "work/smoke/logs/table/table9.log").read_text()
+    assert "unknown table 'table9'; valid: table1, table2" in log
+    assert not (tmp_path / "results/table9.csv").exists()

@@ -29,9 +29,14 @@ def add(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (repeatable), e.g. --set lr=1e-6 --set batch=64")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this node; >1 relaunches via torchrun")
-    p.add_argument("--nnodes", type=int, default=1, help="nodes (multi-node: also set MASTER_ADDR/MASTER_PORT)")
+    p.add_argument("--nnodes", type=int, default=1,
+                   help="nodes: inside a SLURM job, one torchrun per node of the allocation; elsewhere start the "
+                        "same command on every node with MASTER_ADDR/MASTER_PORT set")
     p.add_argument("--stop-after-kimg", type=float, default=None,
                    help="checkpoint and stop this invocation after this many kimg (the run resumes later)")
+    p.add_argument("--on-config-change", choices=("error", "restart"), default="error",
+                   help="OUT holds checkpoints saved with other settings: refuse (default), or move that run into "
+                        "OUT/superseded/ and start afresh (the workflow, after a hyper-parameter changed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_distill)
 
@@ -70,7 +75,9 @@ def teacher_folder(name: str, snapshot: Path | None) -> Path:
 
 
 def _relaunch(args: argparse.Namespace) -> int:
-    """Run this same command under torchrun with ``--nproc`` processes per node."""
+    """Run this same command as ``--nproc`` ranks per node on ``--nnodes`` nodes (see ``launch.torchrun_command``)."""
+    from .launch import torchrun_command
+
     argv, skip = [], False
     for a in sys.argv[1:]:  # the launcher's own options stay out of the ranks' command lines
         if skip:
@@ -79,14 +86,7 @@ def _relaunch(args: argparse.Namespace) -> int:
             skip = True
         elif not a.startswith(("--nproc=", "--nnodes=")):
             argv.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
-           f"--nnodes={args.nnodes}"]
-    if args.nnodes > 1:
-        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={os.environ.get('MASTER_ADDR', 'localhost')}:"
-                                       f"{os.environ.get('MASTER_PORT', '29500')}"]
-    else:
-        cmd += ["--standalone"]
-    return subprocess.call([*cmd, "-m", "sidrepro.cli", *argv])
+    return subprocess.call(torchrun_command(args.nproc, args.nnodes, argv))
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -111,7 +111,7 @@ def _distill(args: argparse.Namespace) -> int:
     weights = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     adapter = load_teacher(args.teacher, folder, device=device, dtype=weights, text_dtype=text_dtype)
     ckpt = train(cfg, args.out, adapter, progress=not args.quiet, stop_after_kimg=args.stop_after_kimg,
-                 sources=sources)
+                 sources=sources, on_config_change=args.on_config_change)
     print(f"checkpoint {ckpt}")
     return 0
 

@@ -216,3 +216,19 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
             raise ValueError(f"expected key=value, got {item!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+# Keys that may change between invocations of one run without changing what it computes: how long it runs, how
+# often it writes, how it fits in memory, and where its inputs live on this machine (paths move between clusters).
+RESUMABLE_KEYS = frozenset({"duration_kimg", "tick_kimg", "snapshot_ticks", "checkpoint_ticks", "keep_checkpoints",
+                            "max_bad_iters", "batch_gpu", "grad_checkpointing", "precompute_text", "park_encoders",
+                            "snapshot", "prompts", "forbidden_captions", "shards", "cache_dir", "init_from"})
+
+
+def config_changes(saved: dict[str, Any], cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, new value)}`` for every key outside ``RESUMABLE_KEYS`` that differs between a
+    checkpoint's config and ``cfg`` (a key the checkpoint lacks counts as its default)."""
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    now = asdict(cfg)
+    return {k: (saved.get(k, defaults.get(k)), v) for k, v in now.items()
+            if k not in RESUMABLE_KEYS and saved.get(k, defaults.get(k)) != v}

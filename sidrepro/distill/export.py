@@ -54,7 +54,8 @@ def export_student(run_dir: Path, teacher_folder: Path, out: Path, *, checkpoint
     meta = {"teacher": entry.name, "hub_id": entry.hub_id, "revision": entry.revision, "commit": teacher_commit,
             "setting": cfg["setting"], "num_steps": cfg["num_steps"], "init_timestep": cfg["init_timestep"],
             "noise": cfg["noise"], "resolution": cfg["resolution"], "images_seen": int(state["nimg"]) +
-            int(state.get("init_nimg", 0)), "checkpoint": str(ckpt), "config": cfg}
+            int(state.get("init_nimg", 0)), "checkpoint": str(ckpt), "config": cfg,
+            "code": state.get("code", {})}
     (tmp / STUDENT_FILE).write_text(json.dumps(meta, indent=1))
     (tmp / "README.md").write_text(_model_card(meta))
     if out.exists():

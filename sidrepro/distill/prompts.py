@@ -24,6 +24,7 @@ import torch
 
 __all__ = [
     "PromptSampler",
+    "clean_prompt",
     "find_overlap",
     "load_prompts",
     "normalize_caption",
@@ -45,6 +46,12 @@ def normalize_caption(text: str) -> str:
     while end > start and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
         end -= 1
     return text[start:end]
+
+
+def clean_prompt(text: str) -> str:
+    """A caption as one line of a prompt file: runs of whitespace (newlines included) collapsed to one space, ends
+    stripped. Case and punctuation stay: the text encoders see them (only the comparison form drops them)."""
+    return _SPACES.sub(" ", text).strip()
 
 
 def read_lines(path: Path, *, what: str = "prompt file") -> list[str]:

@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from ..atomic import write_json_atomic
+from ..revision import code_revision
 from ..sid.adversarial import AdversarialSchedule
 from ..sid.method import SiD, SiDConfig
 from ..teachers.base import Conditioning, TeacherAdapter
 from .checkpoint import find_latest, load_checkpoint, save_checkpoint
-from .config import RunConfig
+from .config import RunConfig, config_changes
 
 
 def derive_seed(*parts: object) -> int:
@@ -199,14 +200,24 @@ def _init_generator_from(run_dir: Path, gen: nn.Module) -> int:
 
 
 def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool = True,
-          stop_after_kimg: float | None = None, sources: dict[str, str] | None = None) -> Path:
+          stop_after_kimg: float | None = None, sources: dict[str, str] | None = None,
+          on_config_change: str = "error") -> Path:
     """Distil ``adapter``'s teacher with ``cfg`` into ``out`` (resuming from ``out``'s latest checkpoint), and return
     the final checkpoint folder. ``stop_after_kimg`` ends this invocation early with a checkpoint (tests, time
-    limits); the run then continues when called again."""
+    limits); the run then continues when called again.
+
+    A checkpoint saved with other values of the keys that define the run (see ``config_changes``) is never resumed:
+    ``on_config_change="error"`` refuses with the differences, ``"restart"`` moves the run folder's contents into
+    ``superseded/`` and starts afresh (what the workflow does when a hyper-parameter changed)."""
     from .runlog import RunLog
 
+    if on_config_change not in ("error", "restart"):
+        raise ValueError(f"on_config_change must be 'error' or 'restart', got {on_config_change!r}")
     rank, world, device = init_distributed()
     out.mkdir(parents=True, exist_ok=True)
+    problem = _on_rank0(lambda: _settle_changed_config(out, cfg, on_config_change), world)
+    if problem:
+        raise ValueError(problem)
     b_rank, rounds = cfg.per_rank(world)
     dtype = weight_dtype(cfg)
     teacher = adapter.load_transformer(dtype).eval().requires_grad_(False)
@@ -246,11 +257,13 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     log = RunLog(out, rank=rank, cfg=cfg, adapter=adapter, progress=progress, total=total, start=nimg,
                  grid_prompts=batches.grid_prompts(8))
     if rank == 0:  # the resolved config (and where each value came from) next to the outputs
-        write_json_atomic(out / "config.json", {"config": asdict(cfg), "sources": sources or {}, "world_size": world})
+        write_json_atomic(out / "config.json", {"config": asdict(cfg), "sources": sources or {}, "world_size": world,
+                                                "code": code_revision()})
     stopper = _Stop()
 
     def checkpoint() -> Path:
-        st = {"nimg": nimg, "bad_iters": bad_iters, "init_nimg": init_nimg, "config": asdict(cfg)}
+        st = {"nimg": nimg, "bad_iters": bad_iters, "init_nimg": init_nimg, "config": asdict(cfg),
+              "code": code_revision()}
         return save_checkpoint(out, nimg, models=models, optimizers=optims, state=st, keep=cfg.keep_checkpoints,
                                sharded=world > 1)
 
@@ -328,6 +341,31 @@ def _draws(method: SiD, g: torch.Generator, n: int, shape: tuple[int, ...]):
     z = torch.randn((n, *shape), generator=g, device=g.device)
     eps = torch.randn((n, *shape), generator=g, device=g.device)
     return z, eps, method.sample_time(n, g)
+
+
+def _settle_changed_config(out: Path, cfg: RunConfig, on_change: str) -> str:
+    """Compare ``out``'s latest checkpoint's config with ``cfg``; on a difference return the error (``error``) or
+    move the old run aside (``restart``). Returns "" when the run may resume (or start)."""
+    latest = find_latest(out)
+    if latest is None:
+        return ""
+    saved = json.loads((latest / "state.json").read_text()).get("config", {})
+    changes = config_changes(saved, cfg)
+    if not changes:
+        return ""
+    listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in sorted(changes.items())))
+    if on_change == "error":
+        return (f"{out} holds a run with other settings ({listing}); resuming it would mix two runs. Use a new "
+                "--out folder, restore the old values, or pass --on-config-change restart to move the old run "
+                "into superseded/ and start afresh")
+    dest = out / "superseded" / f"{latest.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+    dest.mkdir(parents=True)
+    for item in out.iterdir():
+        if item.name != "superseded":
+            item.rename(dest / item.name)
+    (dest / "changes.json").write_text(json.dumps({k: list(v) for k, v in changes.items()}, indent=1))
+    print(f"{out}: settings changed ({listing}); the previous run moved to {dest}", flush=True)
+    return ""
 
 
 def _on_rank0(fn, world: int):

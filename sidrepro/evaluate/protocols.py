@@ -187,6 +187,7 @@ def metrics_record(protocol: EvalProtocol | str, *, num_images: int, fid: float 
     import open_clip
     import torch
 
+    from ..revision import code_revision
     from .fid import cleanfid_version
 
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
@@ -206,6 +207,7 @@ def metrics_record(protocol: EvalProtocol | str, *, num_images: int, fid: float 
         "model_hash": model_hash,
         "versions": {"clean-fid": cleanfid_version(), "open_clip": open_clip.__version__,
                      "torch": torch.__version__},
+        "code": code_revision(),
     }
     if extra:
         clash = set(extra) & set(record)

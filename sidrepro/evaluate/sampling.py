@@ -407,11 +407,14 @@ def _captions_sha256(rows: Sequence[Caption]) -> str:
 
 
 def _plan(out_dir: Path, rows: list[Caption], num_shards: int, seed: int, record: ModelRecord,
-          resolution_out: int) -> dict[str, Any]:
-    """Write ``plan.json`` if the folder has none (atomically, first writer wins), else check that it matches."""
+          resolution_out: int, source: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write ``plan.json`` if the folder has none (atomically, first writer wins), else check that it matches.
+
+    ``source`` (the model's folders) is recorded for provenance but not compared: the model hash identifies the
+    model, and a moved or re-pulled folder must not orphan finished samples."""
     plan = {"format": FORMAT, "num_shards": num_shards, "seed": seed, "resolution_out": resolution_out,
             "model": asdict(record), "num_images": len(rows), "captions_sha256": _captions_sha256(rows),
-            "prompt_ids": [p for p, _, _ in rows]}
+            "prompt_ids": [p for p, _, _ in rows], "source": source or {}}
     path = out_dir / PLAN_FILE
     if not path.exists():
         tmp = path.with_name(f".{PLAN_FILE}.tmp-{uuid.uuid4().hex[:8]}")
@@ -423,7 +426,7 @@ def _plan(out_dir: Path, rows: list[Caption], num_shards: int, seed: int, record
         finally:
             tmp.unlink()
     old = json.loads(path.read_text())
-    differ = [k for k in plan if k != "prompt_ids" and old.get(k) != plan[k]]
+    differ = [k for k in plan if k not in ("prompt_ids", "source") and old.get(k) != plan[k]]
     if differ:
         detail = "; ".join(f"{k}: folder has {old.get(k)!r}, this run {plan[k]!r}" for k in differ
                            if k != "captions_sha256")
@@ -513,7 +516,9 @@ def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = spec if isinstance(spec, Sampler) else load_sampler(spec, device=device, dtype=dtype)
     rec = asdict(sampler.record)
-    _plan(out_dir, all_rows, num_shards, seed, sampler.record, resolution_out)
+    source = {} if isinstance(spec, Sampler) else {
+        "folder": str(spec.folder), **({"lora": str(spec.lora)} if spec.lora is not None else {})}
+    _plan(out_dir, all_rows, num_shards, seed, sampler.record, resolution_out, source)
     ids = {f"{p:06d}.png" for p, _, _ in rows}
     for tmp in out_dir.glob(".*.png.*.tmp"):  # left by a kill; only this shard's (other shards share the folder)
         if tmp.name[1:].split(".png.")[0] + ".png" in ids:

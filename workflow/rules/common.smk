@@ -25,14 +25,31 @@ PROTOCOL = config["evaluate"]["protocol"]
 NUM_SHARDS = config["sample"]["num_shards"]
 TINY_CLIP = config["evaluate"].get("tiny_clip", False)
 CLIP_DIR = f"{ROOT}/clip"
+CLIP_CACHE = f"{CLIP_DIR}/hub"  # the protocol's open_clip weights, fetched by `sidrepro fetch-clip` (data.smk)
+CLIP_STAMP = f"{CLIP_DIR}/{PROTOCOL}.json"
 TABLES = sorted({t["table"] for t in config["teachers"].values()} | {b["table"] for b in config["baselines"].values()})
 ENV = "../envs/sidrepro.yaml"
 
 DATA = config["data"]
 SYNTHETIC_COCO = "synthetic" in DATA["coco"]
 SYNTHETIC_SHARDS = "synthetic" in DATA["shards"]
-PROMPTS = f"{ROOT}/data/prompts.txt" if "list" in DATA["prompts"] else DATA["prompts"]["file"]
-SHARDS = f"{ROOT}/data/shards" if SYNTHETIC_SHARDS else DATA["shards"]["dir"]
+# data.shards.dataset: a hub dataset repo that `sidrepro fetch-dataset` pins and fetches into `dir` (paper).
+DATASET = DATA["shards"].get("dataset")
+DATASET_DIR = DATA["shards"].get("dir", f"data/{DATASET.split('/')[-1]}") if DATASET else None
+DATASET_FILES = DATA["shards"].get("files", "data/train_*.parquet")
+DATASET_STAMP = f"{ROOT}/data/shards.json"
+# data.prompts.from_shards: the prompt file is made from that caption column of the shards (`sidrepro prompts`).
+PROMPTS_FROM_SHARDS = DATA["prompts"].get("from_shards")
+MADE_PROMPTS = "list" in DATA["prompts"] or PROMPTS_FROM_SHARDS is not None
+PROMPTS = f"{ROOT}/data/prompts.txt" if MADE_PROMPTS else DATA["prompts"]["file"]
+if SYNTHETIC_SHARDS:
+    SHARDS = f"{ROOT}/data/shards"
+elif DATASET:
+    SHARDS = os.path.join(DATASET_DIR, os.path.dirname(DATASET_FILES))
+else:
+    SHARDS = DATA["shards"]["dir"]
+if PROMPTS_FROM_SHARDS and SYNTHETIC_SHARDS:  # the synthetic shards take their captions from the prompt list
+    raise ValueError("config data.prompts.from_shards needs real shards (data.shards.dataset or .dir), not synthetic")
 COCO_DIR = f"{ROOT}/data/coco" if SYNTHETIC_COCO else DATA["coco"]["dir"]
 REFERENCE = f"{ROOT}/reference"
 
@@ -112,12 +129,14 @@ def res(rule_name, key, default):
 # ---------------------------------------------------------------- data
 
 def prompt_inputs():
-    """The prompt file when a rule makes it (smoke); external files are parameters only (see data.smk)."""
-    return [PROMPTS] if "list" in DATA["prompts"] else []
+    """The prompt file when a rule makes it (list or from_shards); external files are parameters only."""
+    return [PROMPTS] if MADE_PROMPTS else []
 
 
 def shard_inputs():
-    """The synthetic shard files when a rule makes them."""
+    """What proves the shards are there: the synthetic shard files, the dataset fetch stamp, or nothing (external)."""
+    if DATASET:
+        return [DATASET_STAMP]
     if not SYNTHETIC_SHARDS:
         return []
     return [f"{SHARDS}/train_{k:03d}.parquet" for k in range(DATA["shards"]["synthetic"])]
@@ -196,6 +215,13 @@ def samples_folder(wildcards, input):
     return os.path.dirname(input.samples)
 
 
+def table_figures(wildcards):
+    """The report figures of a table: a sample grid per measured model and the curves of each distillation run."""
+    models = model_ids(wildcards.table)
+    curves = [f"{ROOT}/report/curves/{m}.png" for m in models if model_kind(m)[0] == "student"]
+    return [f"{ROOT}/report/grids/{m}.png" for m in models] + curves
+
+
 def table_mapping(table):
     """Model id -> paper row selector (block, setting, optional row substring and steps) for `sidrepro table`."""
     out = {}
@@ -210,4 +236,3 @@ def table_mapping(table):
             out[f"baseline--{b}"] = {"table": table, "block": entry["block"], "setting": "baseline-distilled",
                                      **{k: entry[k] for k in ("row", "steps") if k in entry}}
     return out
-

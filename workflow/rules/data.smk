@@ -1,8 +1,13 @@
-"""Data: the prompt file (data-free), image-text shards (data-aided) and the COCO-2014 val reference.
+"""Data: the prompt file (data-free), image-text shards (data-aided), the COCO-2014 val reference and the CLIP
+metric weights.
 
-Smoke: prompts listed in the config, a synthetic COCO-layout folder and synthetic parquet shards, all built here.
-Paper: COCO comes from `sidrepro coco --download`; the midjourney-v6-llava prompt file and parquet shards are
-external paths (no `sidrepro` command downloads them yet), passed as parameters so that a dry run needs no data.
+Smoke: prompts listed in the config, a synthetic COCO-layout folder and synthetic parquet shards, all built here,
+and the tiny offline CLIP (evaluate.smk).
+Paper: `sidrepro fetch-dataset` pins and fetches the midjourney-v6-llava shards (data.shards.dataset; a stamp file
+stands for the large folder), `sidrepro prompts` makes the prompt file from their captions with the COCO-2014 val
+captions of the reference left out (data.prompts.from_shards), COCO comes from `sidrepro coco --download`, and
+`sidrepro fetch-clip` puts the protocol's CLIP weights in a local hub cache so that evaluate jobs need no network.
+A user-supplied `prompts: {file: ...}` or `shards: {dir: ...}` is an external path, passed as a parameter only.
 """
 
 if "list" in DATA["prompts"]:
@@ -18,6 +23,75 @@ if "list" in DATA["prompts"]:
             ENV
         shell:
             "printf '%s\\n' {params.prompts:q} > {output} 2> {log}"
+
+
+if DATASET:
+
+    rule fetch_dataset:
+        output:
+            DATASET_STAMP,
+        params:
+            repo=DATASET,
+            revision=DATA["shards"].get("revision", "main"),
+            folder=DATASET_DIR,
+            files=DATASET_FILES,
+            caption=f"--caption-column {PROMPTS_FROM_SHARDS}" if PROMPTS_FROM_SHARDS else "",
+        log:
+            f"{ROOT}/logs/fetch_dataset.log",
+        resources:
+            hub=1,  # fetches share the lock file: the profile runs one at a time
+            runtime=res("fetch_dataset", "runtime", 1440),
+            mem_mb=res("fetch_dataset", "mem_mb", 8000),
+        conda:
+            ENV
+        shell:
+            "sidrepro fetch-dataset {params.repo} --revision {params.revision} --out {params.folder} "
+            "--files {params.files:q} {params.caption} --stamp {output} > {log} 2>&1"
+
+
+if PROMPTS_FROM_SHARDS:
+
+    rule prompts_from_shards:
+        input:
+            shards=shard_inputs(),
+            # The reference's captions.txt lists every COCO-2014 val caption: training must never see one.
+            reference=f"{REFERENCE}/manifest.json",
+        output:
+            PROMPTS,
+        params:
+            shards=SHARDS,
+            column=PROMPTS_FROM_SHARDS,
+            exclude=lambda wc, input: os.path.join(os.path.dirname(input.reference), "captions.txt"),
+        log:
+            f"{ROOT}/logs/prompts_from_shards.log",
+        resources:
+            runtime=res("prompts", "runtime", 120),
+            mem_mb=res("prompts", "mem_mb", 8000),
+        conda:
+            ENV
+        shell:
+            "sidrepro prompts --shards {params.shards} --caption-column {params.column} --exclude {params.exclude} "
+            "--out {output} > {log} 2>&1"
+
+
+if not TINY_CLIP:
+
+    rule fetch_clip:
+        output:
+            CLIP_STAMP,
+        params:
+            cache=CLIP_CACHE,
+            protocol=PROTOCOL,
+        log:
+            f"{ROOT}/logs/fetch_clip.log",
+        resources:
+            hub=1,
+            runtime=res("fetch_clip", "runtime", 120),
+            mem_mb=res("fetch_clip", "mem_mb", 4000),
+        conda:
+            ENV
+        shell:
+            "sidrepro fetch-clip --protocol {params.protocol} --cache {params.cache} --stamp {output} > {log} 2>&1"
 
 
 if SYNTHETIC_COCO:

@@ -1,6 +1,8 @@
 """FID and CLIP score of every merged sample folder under the configured protocol.
 
-With ``evaluate.tiny_clip`` (smoke) the CLIP model is the tiny offline one that `sidrepro tiny-clip` writes.
+With ``evaluate.tiny_clip`` (smoke) the CLIP model is the tiny offline one that `sidrepro tiny-clip` writes;
+otherwise the protocol's own weights, fetched into a local hub cache by the `fetch_clip` rule (data.smk) and found
+there through ``SIDREPRO_CLIP_CACHE``, so evaluate jobs need no network.
 """
 
 if TINY_CLIP:
@@ -22,7 +24,7 @@ rule evaluate:
     input:
         samples=f"{ROOT}/samples/{{model}}/manifest.jsonl",
         reference=f"{REFERENCE}/manifest.json",
-        clip=[f"{CLIP_DIR}/sidrepro-tiny-clip-seed0.pt"] if TINY_CLIP else [],
+        clip=[f"{CLIP_DIR}/sidrepro-tiny-clip-seed0.pt"] if TINY_CLIP else [CLIP_STAMP],
     output:
         f"{ROOT}/metrics/{{model}}.json",
     params:
@@ -33,6 +35,7 @@ rule evaluate:
         if TINY_CLIP
         else "",
         partial="--partial" if config["evaluate"].get("partial", False) else "",
+        clip_cache=CLIP_CACHE,
     log:
         f"{ROOT}/logs/evaluate/{{model}}.log",
     threads: res("evaluate", "threads", 1)
@@ -43,6 +46,6 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "export OMP_NUM_THREADS={threads}; "
+        "export OMP_NUM_THREADS={threads} SIDREPRO_CLIP_CACHE={params.clip_cache}; "
         "sidrepro evaluate --samples {params.folder} --reference {params.reference} "
         "--protocol {params.protocol} --out {output} {params.partial} {params.clip} > {log} 2>&1"

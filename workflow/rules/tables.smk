@@ -1,12 +1,20 @@
-"""Paper-vs-ours tables: every paper row of a table with our metrics, difference, protocol and provenance."""
+"""Paper-vs-ours tables: every paper row of a table with our metrics, difference, protocol and provenance; the
+measured numbers also as JSON, which DVC lists as metrics."""
 
 
 rule table:
     input:
         metrics=lambda wc: [f"{ROOT}/metrics/{m}.json" for m in model_ids(wc.table)],
         paper="workflow/resources/paper_tables.csv",
+        figures=table_figures,
     output:
-        f"{config['results']}/{{table}}.csv",
+        csv=report(
+            f"{config['results']}/{{table}}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
+        json=f"{config['results']}/{{table}}.json",
     params:
         mapping=lambda wc: shlex.quote(json.dumps(table_mapping(wc.table), sort_keys=True)),
         version=config["tables"]["version"],
@@ -17,4 +25,5 @@ rule table:
         ENV
     shell:
         "sidrepro table --table {wildcards.table} --version {params.version} --metrics {input.metrics} "
-        "--map {params.mapping} --paper-csv {input.paper} --run {params.run} --out {output} > {log} 2>&1"
+        "--map {params.mapping} --paper-csv {input.paper} --run {params.run} --out {output.csv} "
+        "--json {output.json} > {log} 2>&1"
