@@ -19,6 +19,7 @@ include: "workflow/rules/common.smk"
 report: "workflow/report/workflow.rst"
 
 
+
 wildcard_constraints:
     teacher="|".join(map(re.escape, config["teachers"])) or "NONE",
     setting="data-free|data-aided",
@@ -32,6 +33,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/geneval.smk"
+include: "workflow/rules/scores.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/tables.smk"
 

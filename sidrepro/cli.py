@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import data, distill, envs, evaluate, tables, teachers
+from .commands import curves, data, distill, envs, evaluate, geneval, scores, tables, teachers
 
 
 def _positive_int(text: str) -> int:
@@ -100,8 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add(sub)
     distill.add(sub)
     evaluate.add(sub)
+    curves.add(sub)
     tables.add(sub)
     envs.add(sub)
+    geneval.add(sub)
+    scores.add(sub)
     return parser
 
 

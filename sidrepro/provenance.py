@@ -137,13 +137,17 @@ def trace(table: Path, row: str, metric: str | None = None, *, lock: Path = Path
         raise ProvenanceError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     if metric is not None and not r.get(f"{metric}_ours"):
         raise ProvenanceError(f"{r['model']}: {metric} was not measured (empty cell)")
-    metrics_path = Path(r.get("metrics_file") or "")
-    if not r.get("metrics_file") or not metrics_path.is_file():
+    score_files = dict(item.split("=", 1) for item in (r.get("score_files") or "").split(";") if "=" in item)
+    from_score = metric is not None and METRICS[metric] in score_files
+    metrics_path = Path(score_files[METRICS[metric]] if from_score else r.get("metrics_file") or "")
+    if not str(metrics_path) or not metrics_path.is_file():
         raise ProvenanceError(f"{r['model']}: metrics file {str(metrics_path) or '(none recorded)'} not found; run "
                               "from the workflow's folder, after `dvc pull` if the outputs live in a DVC remote")
     record = json.loads(metrics_path.read_text(encoding="utf-8"))
     current = file_digest(metrics_path)
-    manifest = Path(record.get("sample_manifest", ""))
+    # Score files (sidrepro score) name the sample folder and the manifest's hash; metrics files the manifest itself.
+    manifest = Path(record.get("sample_manifest") or Path(record.get("samples", "")) / "manifest.jsonl")
+    manifest_sha = record.get("sample_manifest_sha256") or record.get("manifest_sha256")
     plan = _read_json(manifest.parent / "plan.json") or {}
     cell = {}
     if metric is not None:
@@ -157,8 +161,9 @@ def trace(table: Path, row: str, metric: str | None = None, *, lock: Path = Path
         "run": r["run"], "cell": cell, "protocol": record.get("protocol_id", ""),
         "num_images": record.get("num_images"), "complete": record.get("complete"),
         "metrics": {"path": str(metrics_path), "sha256": current, "table_provenance": r["provenance"],
-                    "matches": current.startswith(r["provenance"])},
-        "samples": {**_check(manifest, record.get("sample_manifest_sha256")), "plan": plan.get("model", {}),
+                    "matches": None if from_score else current.startswith(r["provenance"])},
+        "scorer": {k: record.get(k) for k in ("reference", "env", "versions")} if from_score else {},
+        "samples": {**_check(manifest, manifest_sha), "plan": plan.get("model", {}),
                     "seed": plan.get("seed"), "captions_sha256": plan.get("captions_sha256")},
         "reference_stats": _check(Path(record.get("reference_stats", "")), record.get("reference_stats_sha256")),
         "model": model,
@@ -186,8 +191,14 @@ def format_trace(t: dict[str, Any]) -> str:
         lines.append(f"  {c['metric']}: ours {c['ours']}, paper {c['paper'] or '-'}, diff {c['diff'] or '-'}")
     lines.append(f"  protocol {t['protocol']}, {t['num_images']} images (complete: {t['complete']})")
     m = t["metrics"]
-    state = "ok" if m["matches"] else "CHANGED since the table"
+    state = {True: "ok", False: "CHANGED since the table", None: "score file"}[m["matches"]]
     lines.append(f"  metrics    {m['path']}  sha256 {m['sha256']}  ({state})")
+    if t["scorer"]:
+        ref = t["scorer"].get("reference") or {}
+        env = t["scorer"].get("env") or {}
+        lines.append(f"  scorer     {json.dumps(ref, sort_keys=True)[:300]}")
+        if env:
+            lines.append(f"  scorer env {env.get('dir')} from {env.get('spec')} sha256 {env.get('spec_sha256')}")
     s = t["samples"]
     lines.append(f"  samples    {s['path']}  sha256 {s['sha256']}  ({_mark(s['matches'])}); seed {s['seed']}, "
                  f"captions sha256 {s['captions_sha256']}")

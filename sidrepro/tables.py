@@ -22,7 +22,7 @@ METRICS: dict[str, str] = {"FID_coco10k": "fid", "CLIP_vitg14": "clip_score", "G
                            "PickScore": "pickscore"}
 SETTINGS = ("teacher", "data-free", "data-aided", "baseline-distilled")
 ROW_COLUMNS = ["run", "paper_version", "table", "block", "row", "setting", "steps", "params_B", "source", "model",
-               "protocol", "num_images", "complete", "provenance", "metrics_file"]
+               "protocol", "num_images", "complete", "provenance", "metrics_file", "score_files"]
 
 
 def read_paper(path: Path = PAPER_CSV) -> list[dict[str, str]]:
@@ -68,14 +68,31 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
+def read_scores(files: Iterable[Path]) -> dict[str, dict[str, tuple[float, Path]]]:
+    """Score files (``.../scores/{model id}/{metric}.json`` with ``{"metric": key, key: value}``, as ``sidrepro score``
+    and ``sidrepro geneval score`` write them) as ``{model id: {metric key: (value, file)}}``."""
+    out: dict[str, dict[str, tuple[float, Path]]] = {}
+    for path in map(Path, files):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        key = record.get("metric")
+        if key not in METRICS.values() or not isinstance(record.get(key), (int, float)):
+            raise ValueError(f"{path}: not a score file of one of {', '.join(METRICS.values())} (needs 'metric' and "
+                             "its value)")
+        out.setdefault(path.parent.name, {})[key] = (float(record[key]), path)
+    return out
+
+
 def build_table(table: str, version: str, metrics: Iterable[Path], mapping: Mapping[str, Mapping[str, Any]], *,
-                run: str = "paper", paper_csv: Path = PAPER_CSV) -> list[dict[str, str]]:
+                run: str = "paper", paper_csv: Path = PAPER_CSV, scores: Iterable[Path] = ()) -> list[dict[str, str]]:
     """Rows of ``table`` in paper ``version`` with paper / ours / diff per metric (see the module docstring).
 
     A metrics file's model id is its file stem; files absent from ``mapping`` are an error (a silent drop would
-    hide a number), entries of another table are skipped. Raises ``ValueError`` for an unknown table or version,
-    and when one metrics file matches several paper rows.
+    hide a number), entries of another table are skipped. ``scores`` adds the metrics measured outside ``sidrepro
+    evaluate`` (GenEval, preference scores; see ``read_scores``) to their model's row, each file named in the
+    ``score_files`` column. Raises ``ValueError`` for an unknown table or version, and when one metrics file matches
+    several paper rows.
     """
+    extra_scores = read_scores(scores)
     paper = read_paper(paper_csv)
     if table not in table_ids(paper):
         raise ValueError(f"unknown table {table!r}; valid: {', '.join(table_ids(paper))}")
@@ -93,6 +110,9 @@ def build_table(table: str, version: str, metrics: Iterable[Path], mapping: Mapp
         if entry.get("table", table) != table:
             continue
         record = json.loads(path.read_text(encoding="utf-8"))
+        found_scores = extra_scores.get(model, {})
+        record = {**record, **{k: v for k, (v, _) in found_scores.items()},
+                  "_score_files": ";".join(f"{k}={p}" for k, (_, p) in sorted(found_scores.items()))}
         hits = [i for i, r in enumerate(rows) if _matches(r, entry)]
         if len(hits) > 1:
             raise ValueError(f"{model}: matches {len(hits)} paper rows ({'; '.join(rows[i]['row'] for i in hits)}); "
@@ -111,13 +131,13 @@ def build_table(table: str, version: str, metrics: Iterable[Path], mapping: Mapp
         line = {"run": run, "paper_version": version, "table": table, "block": r["block"], "row": r["row"],
                 "setting": r["setting"], "steps": r["steps"], "params_B": r["params_B"],
                 "source": "paper" if i < len(rows) else "ours only", "model": "", "protocol": "", "num_images": "",
-                "complete": "", "provenance": "", "metrics_file": ""}
+                "complete": "", "provenance": "", "metrics_file": "", "score_files": ""}
         record: dict[str, Any] = {}
         if found is not None:
             model, path, record = found
             line.update(model=model, protocol=str(record.get("protocol_id", "")),
                         num_images=str(record.get("num_images", "")), complete=str(record.get("complete", "")),
-                        provenance=_sha12(path), metrics_file=str(path))
+                        provenance=_sha12(path), metrics_file=str(path), score_files=record["_score_files"])
         for col, key in METRICS.items():
             paper_value = r.get(col, "")
             mine = record.get(key)

@@ -120,5 +120,5 @@ def test_dvc_round_trip(tmp_path):
     config["distill"]["set"]["lsg"] = 50.0
     (clone / SMOKE).write_text(yaml.safe_dump(config, sort_keys=False))
     counts = _job_counts(_run("snakemake", "-n", *snake[1:], cwd=clone).stdout)
-    assert counts == {"distill": 1, "export": 1, "training_curves": 1, "sample": 2, "merge_samples": 1,
-                      "evaluate": 1, "sample_grid": 1, "table": 1, "total": 9}, counts
+    assert counts == {"distill": 1, "export": 1, "training_curves": 1, "fid_curve": 1, "sample": 2,
+                      "merge_samples": 1, "evaluate": 1, "sample_grid": 1, "table": 1, "total": 10}, counts

@@ -207,6 +207,14 @@ def test_manifest_fields_plan_and_256px_pngs(samplers, tmp_path):
         sample_shard(samplers["teacher"], CAPTIONS[:2], tmp_path, batch=2, seed=5, progress=False)
     with pytest.raises(ValueError, match="unique"):
         sample_shard(smp, [(1, 1, "a"), (1, 2, "b")], tmp_path / "dup", progress=False)
+    # A retrained model in the workflow: the old samples move aside whole and the folder starts afresh.
+    old_png = (tmp_path / "000017.png").read_bytes()
+    sample_shard(samplers["teacher"], CAPTIONS[:2], tmp_path, batch=2, seed=5, progress=False,
+                 on_plan_change="restart")
+    assert json.loads((tmp_path / "plan.json").read_text())["model"]["name"] == "tiny-sana"
+    moved = list((tmp_path.parent / ".superseded").iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith(tmp_path.name + "-")
+    assert (moved[0] / "000017.png").read_bytes() == old_png and (moved[0] / "plan.json").exists()
 
 
 def test_student_and_teacher_records(samplers):

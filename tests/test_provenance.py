@@ -100,3 +100,23 @@ def test_command_prints_the_chain(chain, capsys):
     assert main(["provenance", str(chain["table"]), "--row", "tiny-sana--data-free", "--metric", "CLIP_vitg14"]) == 0
     out = capsys.readouterr().out
     assert "CLIP_vitg14: ours 0.31" in out and folder_digest(chain["ckpt"]) in out and "c0ffee" in out
+
+
+def test_a_score_column_traces_to_its_score_file(chain):
+    """GenEval and preference columns come from score files (sidrepro score): the cell names that file, the scorer's
+    reference model and environment, and the samples it scored."""
+    score = Path("scores/tiny-sana--data-free/hpsv2.json")
+    score.parent.mkdir(parents=True)
+    manifest = chain["samples"] / "manifest.jsonl"
+    score.write_text(json.dumps({"metric": "hpsv2", "hpsv2": 0.27, "samples": str(chain["samples"]),
+                                 "manifest_sha256": _sha(manifest), "reference": {"model_id": "xswu/HPSv2"},
+                                 "env": {"dir": "work/envs/hpsv2", "spec": "workflow/envs/hpsv2.txt"}}))
+    write_table(build_table("table1", "v2", [chain["metrics"]], MAPPING, run="smoke", scores=[score]), chain["table"])
+    t = trace(chain["table"], "tiny-sana--data-free", "HPSv2")
+    assert t["cell"]["ours"] == "0.27" and t["metrics"]["path"] == str(score)
+    assert t["samples"]["matches"] and t["scorer"]["reference"] == {"model_id": "xswu/HPSv2"}
+    assert t["model"]["checkpoint"]["exists"]  # the same chain behind it: samples -> student -> checkpoint
+    assert trace(chain["table"], "tiny-sana--data-free", "FID_coco10k")["metrics"]["path"] == str(chain["metrics"])
+    with pytest.raises(ValueError, match="not a score file"):
+        score.write_text(json.dumps({"metric": "speed", "speed": 1.0}))
+        build_table("table1", "v2", [chain["metrics"]], MAPPING, scores=[score])

@@ -49,12 +49,15 @@ def test_lint_is_clean(configfile):
 def test_paper_dry_run_lists_every_job_without_data():
     proc = _snakemake("-n", "--nolock", "--forceall", "results/table1.csv")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # 4 SANA teachers x 2 settings; 16 models (8 students, 4 teachers, 4 SANA-Sprint baselines) x 16 shards; one
-    # job each fetches the dataset, makes the prompt file from its captions and fetches the protocol's CLIP weights.
-    assert _job_counts(proc.stdout) == {"fetch": 8, "fetch_dataset": 1, "prompts_from_shards": 1, "fetch_clip": 1,
-                                        "distill": 8, "export": 8, "coco_reference": 1, "sample": 256,
-                                        "merge_samples": 16, "evaluate": 16, "sample_grid": 16, "training_curves": 8,
-                                        "table": 1, "total": 341}
+    # 4 SANA teachers x 2 settings; 16 models (8 students, 4 teachers, 4 SANA-Sprint baselines) x 16 shards, for
+    # COCO and for GenEval; one job each fetches the dataset, makes the prompt file from its captions and fetches the
+    # protocol's CLIP weights; GenEval and 4 preference scorers per model, with their environments and weights.
+    assert _job_counts(proc.stdout) == {
+        "fetch": 8, "fetch_dataset": 1, "prompts_from_shards": 1, "fetch_clip": 1, "distill": 8, "export": 8,
+        "coco_reference": 1, "sample": 256, "merge_samples": 16, "evaluate": 16, "sample_grid": 16,
+        "training_curves": 8, "fid_curve": 8, "geneval_env": 1, "geneval_metadata": 1, "geneval_fetch_models": 1,
+        "geneval_prompts": 1, "geneval_sample": 256, "geneval_merge": 16, "geneval_score": 16, "scorer_env": 2,
+        "scorer_weights": 4, "score": 64, "table": 1, "total": 711}
     proc = _snakemake("-n", "--nolock", "--forceall")
     counts = _job_counts(proc.stdout)
     assert counts["distill"] == 16 and counts["fetch"] == 18 and counts["evaluate"] == 34 and counts["table"] == 2
@@ -151,9 +154,13 @@ def test_smoke_chain_for_table1(tmp_path):
     report = _snakemake(*args, "--report", "report.html", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
-    for name in ["table1.csv", "Training curves", "Samples", "tiny-sana--data-free.png", "tiny-sana--data-aided.png",
-                 "teacher--tiny-sana.png", "baseline--tiny-sana-sprint-4step.png"]:
+    for name in ["table1.csv", "Training curves", "Samples", "FID per checkpoint", "tiny-sana--data-free.png",
+                 "tiny-sana--data-aided.png", "teacher--tiny-sana.png", "baseline--tiny-sana-sprint-4step.png"]:
         assert name in html, name
+    # FID per kept checkpoint of each run, against the images seen (data-aided counts the data-free run's too).
+    for setting, kimgs in (("data-free", [0.004, 0.008]), ("data-aided", [0.016, 0.024])):
+        rows = list(csv.DictReader((tmp_path / f"work/smoke/report/fid/tiny-sana--{setting}.csv").open()))
+        assert [float(r["kimg"]) for r in rows] == kimgs and all(float(r["fid"]) > 0 for r in rows), rows
 
 
 def test_fetch_of_a_gated_teacher_fails_with_the_licence_message(tmp_path):

@@ -26,8 +26,14 @@ def add(sub) -> None:
     who.add_argument("--baseline", help="a baseline name (its own pipeline)")
     p.add_argument("--snapshot", type=Path, default=None, help="teacher / baseline base folder")
     p.add_argument("--lora", type=Path, default=None, help="a LoRA baseline's adapter folder")
-    p.add_argument("--reference", type=Path, required=True, help="the folder written by `sidrepro coco`")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="the folder written by `sidrepro coco` (its --subset captions are sampled)")
     p.add_argument("--subset", default="paper10k", help="caption subset (paper10k, clean30k, heldout)")
+    p.add_argument("--captions", type=Path, default=None,
+                   help="sample these caption rows instead of a COCO subset (JSONL of prompt_id, image_id, "
+                        "caption; e.g. `sidrepro geneval prompts`)")
+    p.add_argument("--resolution-out", type=int, default=256,
+                   help="saved image size (default 256, the FID/CLIP protocol's)")
     p.add_argument("--out", type=Path, required=True, help="sample folder (shared by all shards)")
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
@@ -36,6 +42,9 @@ def add(sub) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--limit", type=int, default=None, help="stop after this many new images")
+    p.add_argument("--on-plan-change", choices=("error", "restart"), default="error",
+                   help="OUT holds samples of another model or plan: refuse (default), or move them to "
+                        ".superseded/ beside OUT and start afresh (the workflow, after a model was retrained)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_sample)
 
@@ -83,11 +92,19 @@ def _sample(args: argparse.Namespace) -> int:
         if args.snapshot is None:
             raise ValueError(f"--snapshot: the base model folder of {entry.name!r} ({entry.hub_id})")
         spec = ModelSpec.baseline(args.baseline, args.snapshot, args.lora, steps=args.steps, guidance=args.guidance)
-    captions = CocoReference.open(args.reference).load_subset(args.subset)
+    if (args.reference is None) == (args.captions is None):
+        raise ValueError("give either --reference (a COCO caption subset) or --captions (a caption file)")
+    if args.captions is not None:
+        from ..evaluate.geneval import read_captions
+
+        captions = read_captions(args.captions)
+    else:
+        captions = CocoReference.open(args.reference).load_subset(args.subset)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     manifest = sample_shard(spec, captions, args.out, shard=args.shard, num_shards=args.num_shards, seed=args.seed,
-                            batch=args.batch, device=device, dtype=dtype, progress=not args.quiet, limit=args.limit)
+                            batch=args.batch, device=device, dtype=dtype, progress=not args.quiet, limit=args.limit,
+                            resolution_out=args.resolution_out, on_plan_change=args.on_plan_change)
     print(f"shard {args.shard} of {args.num_shards}: {manifest}")
     if args.num_shards == 1 and args.limit is None:
         print(f"all images: {merge_manifests(args.out)}")

@@ -15,6 +15,8 @@ def add(sub) -> None:
     p.add_argument("--table", required=True, help="table id (table1, table2)")
     p.add_argument("--version", default="v2", help="paper version the numbers come from (v1, v2; default v2)")
     p.add_argument("--metrics", type=Path, nargs="*", default=[], help="metrics JSON files of `sidrepro evaluate`")
+    p.add_argument("--scores", type=Path, nargs="*", default=[],
+                   help="score files (SCORES/{model id}/{metric}.json) of `sidrepro score` / `sidrepro geneval score`")
     p.add_argument("--map", required=True, dest="mapping",
                    help="model id (metrics file stem) -> {block, setting, row, steps}: inline JSON or a JSON file")
     p.add_argument("--run", default="paper", help="label of this run in the 'run' column (paper, smoke)")
@@ -56,7 +58,7 @@ def _table(args: argparse.Namespace) -> int:
     from ..tables import PAPER_CSV, build_table, load_mapping, table_metrics, write_table
 
     rows = build_table(args.table, args.version, args.metrics, load_mapping(args.mapping), run=args.run,
-                       paper_csv=args.paper_csv or PAPER_CSV)
+                       paper_csv=args.paper_csv or PAPER_CSV, scores=args.scores)
     write_table(rows, args.out)
     if args.json is not None:
         write_json_atomic(args.json, table_metrics(rows))

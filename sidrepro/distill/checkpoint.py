@@ -100,6 +100,18 @@ def save_checkpoint(
     return _save_unsharded(run_dir, nimg, models, optimizers, state, keep)
 
 
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Every complete checkpoint folder of ``run_dir``, oldest first (incomplete or damaged ones are skipped)."""
+    good = []
+    for _, path in sorted(_final_folders(Path(run_dir) / "checkpoints")):
+        try:
+            _check_folder(path, verify=False)
+        except CheckpointError:
+            continue
+        good.append(path)
+    return good
+
+
 def find_latest(run_dir: Path, *, verify: bool = False) -> Path | None:
     """Newest complete checkpoint folder in ``run_dir/checkpoints``, or ``None``.
 

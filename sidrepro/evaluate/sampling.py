@@ -36,14 +36,17 @@ Decisions that the rest of the project relies on:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -406,15 +409,49 @@ def _captions_sha256(rows: Sequence[Caption]) -> str:
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock beside ``out_dir``, held by one shard at a time while it checks or replaces the plan."""
+    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _plan(out_dir: Path, rows: list[Caption], num_shards: int, seed: int, record: ModelRecord,
-          resolution_out: int, source: dict[str, str] | None = None) -> dict[str, Any]:
+          resolution_out: int, source: dict[str, str] | None = None, *, on_change: str = "error") -> dict[str, Any]:
     """Write ``plan.json`` if the folder has none (atomically, first writer wins), else check that it matches.
 
     ``source`` (the model's folders) is recorded for provenance but not compared: the model hash identifies the
-    model, and a moved or re-pulled folder must not orphan finished samples."""
+    model, and a moved or re-pulled folder must not orphan finished samples. A folder of another plan is refused
+    (``on_change="error"``) or, with ``"restart"`` (a retrained model in the workflow), moved whole to
+    ``.superseded/`` beside it, under a lock so that the shards of one model move it once."""
     plan = {"format": FORMAT, "num_shards": num_shards, "seed": seed, "resolution_out": resolution_out,
             "model": asdict(record), "num_images": len(rows), "captions_sha256": _captions_sha256(rows),
             "prompt_ids": [p for p, _, _ in rows], "source": source or {}}
+    if on_change not in ("error", "restart"):
+        raise ValueError(f"on_plan_change must be 'error' or 'restart', got {on_change!r}")
+    if on_change == "error":
+        return _write_or_check_plan(out_dir, plan)
+    with _folder_lock(out_dir):
+        try:
+            return _write_or_check_plan(out_dir, plan)
+        except PlanMismatchError as exc:
+            dest = out_dir.parent / ".superseded" / f"{out_dir.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+            dest.parent.mkdir(exist_ok=True)
+            out_dir.rename(dest)
+            out_dir.mkdir()
+            log.warning("%s; the old samples moved to %s", exc, dest)
+            return _write_or_check_plan(out_dir, plan)
+
+
+class PlanMismatchError(ValueError):
+    """A sample folder holds the samples of another plan (model, seed, captions, shards or size)."""
+
+
+def _write_or_check_plan(out_dir: Path, plan: dict[str, Any]) -> dict[str, Any]:
     path = out_dir / PLAN_FILE
     if not path.exists():
         tmp = path.with_name(f".{PLAN_FILE}.tmp-{uuid.uuid4().hex[:8]}")
@@ -430,8 +467,9 @@ def _plan(out_dir: Path, rows: list[Caption], num_shards: int, seed: int, record
     if differ:
         detail = "; ".join(f"{k}: folder has {old.get(k)!r}, this run {plan[k]!r}" for k in differ
                            if k != "captions_sha256")
-        raise ValueError(f"{out_dir} holds samples of another plan ({', '.join(differ)} differ{': ' if detail else ''}"
-                         f"{detail}); use a fresh output folder or the same settings")
+        raise PlanMismatchError(f"{out_dir} holds samples of another plan ({', '.join(differ)} differ"
+                                f"{': ' if detail else ''}{detail}); use a fresh output folder or the same settings, "
+                                "or --on-plan-change restart to move the old samples aside")
     return old
 
 
@@ -496,14 +534,15 @@ def _resume(manifest: Path, out_dir: Path, rows: list[Caption], expect: dict[str
 def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir: str | Path, *, shard: int = 0,
                  num_shards: int = 1, seed: int = 0, batch: int = 8, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, resolution_out: int = 256, progress: bool = True,
-                 limit: int | None = None) -> Path:
+                 limit: int | None = None, on_plan_change: str = "error") -> Path:
     """Sample shard ``shard`` of ``num_shards`` of ``captions`` (``(prompt_id, image_id, caption)`` rows; the shard
     takes ``captions[shard::num_shards]``) into ``out_dir`` and return its manifest path.
 
     Each image is saved as ``{prompt_id:06d}.png`` (uint8 by ``x * 127.5 + 128``, Lanczos-resized to
     ``resolution_out``), then its manifest row is appended. Images already done (PNG and matching row) are skipped,
     so rerunning after a kill finishes the shard. ``spec`` may be a loaded ``Sampler`` (``device``/``dtype`` are
-    then ignored). ``limit`` stops after that many new images (time-boxed jobs, tests)."""
+    then ignored). ``limit`` stops after that many new images (time-boxed jobs, tests). ``on_plan_change``: what to
+    do with a folder that holds another plan's samples (see ``_plan``)."""
     from tqdm.auto import tqdm
 
     if num_shards < 1 or batch < 1 or resolution_out < 1:
@@ -518,7 +557,7 @@ def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir
     rec = asdict(sampler.record)
     source = {} if isinstance(spec, Sampler) else {
         "folder": str(spec.folder), **({"lora": str(spec.lora)} if spec.lora is not None else {})}
-    _plan(out_dir, all_rows, num_shards, seed, sampler.record, resolution_out, source)
+    _plan(out_dir, all_rows, num_shards, seed, sampler.record, resolution_out, source, on_change=on_plan_change)
     ids = {f"{p:06d}.png" for p, _, _ in rows}
     for tmp in out_dir.glob(".*.png.*.tmp"):  # left by a kill; only this shard's (other shards share the folder)
         if tmp.name[1:].split(".png.")[0] + ".png" in ids:

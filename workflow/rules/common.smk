@@ -22,6 +22,7 @@ ZOO = config["zoo"]
 SNAPSHOTS = config["snapshots"]
 USE_ZOO = config["source"] == "zoo"
 PROTOCOL = config["evaluate"]["protocol"]
+FID_CURVE = {"subset": "heldout", "count": 1000, **config["evaluate"].get("fid_curve", {})}
 NUM_SHARDS = config["sample"]["num_shards"]
 TINY_CLIP = config["evaluate"].get("tiny_clip", False)
 CLIP_DIR = f"{ROOT}/clip"
@@ -216,9 +217,12 @@ def samples_folder(wildcards, input):
 
 
 def table_figures(wildcards):
-    """The report figures of a table: a sample grid per measured model and the curves of each distillation run."""
+    """The report figures of a table: a sample grid per measured model, and the loss curves and FID per checkpoint of
+    each distillation run."""
     models = model_ids(wildcards.table)
-    curves = [f"{ROOT}/report/curves/{m}.png" for m in models if model_kind(m)[0] == "student"]
+    students = [m for m in models if model_kind(m)[0] == "student"]
+    curves = [f"{ROOT}/report/{kind}/{m}.{ext}" for m in students for kind, ext in
+              (("curves", "png"), ("fid", "png"), ("fid", "csv"))]
     return [f"{ROOT}/report/grids/{m}.png" for m in models] + curves
 
 
@@ -236,3 +240,90 @@ def table_mapping(table):
             out[f"baseline--{b}"] = {"table": table, "block": entry["block"], "setting": "baseline-distilled",
                                      **{k: entry[k] for k in ("row", "steps") if k in entry}}
     return out
+
+
+
+# ---------------------------------------------------------------- GenEval (geneval.smk)
+
+# geneval.metadata: "official" (fetched at the pinned commit), "smoke" (a few lines written by
+# workflow/scripts/geneval_smoke_metadata.py) or the path of a metadata file of your own.
+GENEVAL = config.get("geneval", {})
+GENEVAL_DIR = f"{ROOT}/geneval"
+GENEVAL_ENV = GENEVAL.get("env", "work/envs/geneval")  # shared by every config: built once, reused
+GENEVAL_SPEC = "workflow/envs/geneval.txt"
+GENEVAL_ENV_STAMP = f"{GENEVAL_DIR}/env.json"
+GENEVAL_SOURCE = GENEVAL.get("metadata", "official")
+GENEVAL_METADATA = (f"{GENEVAL_DIR}/evaluation_metadata.jsonl" if GENEVAL_SOURCE in ("official", "smoke")
+                    else GENEVAL_SOURCE)
+GENEVAL_TINY = GENEVAL.get("models", "official") == "tiny"
+GENEVAL_MODELS = f"{GENEVAL_DIR}/models/{'tiny' if GENEVAL_TINY else 'models'}.json"
+GENEVAL_SHARDS = GENEVAL.get("num_shards", NUM_SHARDS)
+
+
+def geneval_sample_inputs(wildcards):
+    """What a GenEval shard of one model needs: the caption file and the model's files (no COCO reference)."""
+    kind = model_kind(wildcards.model)
+    inputs = [f"{GENEVAL_DIR}/captions.jsonl"]
+    if kind[0] == "student":
+        return inputs + [f"{ROOT}/students/{wildcards.model}"]
+    return inputs + model_marker(kind[1])
+
+
+def geneval_targets():
+    """The GenEval metrics file of every measured model."""
+    return [f"{ROOT}/scores/{m}/geneval.json" for m in model_ids()]
+
+
+# ---------------------------------------------------------------- preference scores (scores.smk)
+
+# scores.weights: "official" (pinned hub files, `sidrepro score-weights`) or "tiny" (random offline models of the same
+# classes, smoke). hpsv2 and image_reward run in venvs of their own pin files, built once under scores.envs.
+SCORES = config.get("scores", {})
+SCORERS = SCORES.get("scorers", ["aesthetic", "hpsv2", "image_reward", "pickscore"])
+SCORER_OWN_ENV = ("hpsv2", "image_reward")  # the rest run in the main environment
+SCORES_TINY = SCORES.get("weights", "official") == "tiny"
+SCORES_ENVS = SCORES.get("envs", "work/envs")  # shared by every config: built once, reused
+SCORER_DIR = f"{ROOT}/scorers"
+SCORER_WEIGHTS = SCORES.get("weights_dir", f"{SCORER_DIR}/{'tiny' if SCORES_TINY else 'official'}")
+
+
+def scorer_env_inputs(wildcards):
+    """The stamp of the scorer's own environment (hpsv2, image_reward); nothing for main-env scorers."""
+    return [f"{SCORER_DIR}/envs/{wildcards.scorer}.json"] if wildcards.scorer in SCORER_OWN_ENV else []
+
+
+def scorer_env_flag(wildcards):
+    """``--env DIR`` for a scorer with its own environment."""
+    return f"--env {SCORES_ENVS}/{wildcards.scorer}" if wildcards.scorer in SCORER_OWN_ENV else ""
+
+
+def scorer_weights_inputs(wildcards):
+    """Tiny weights of an own-env scorer are built by its package, so they need its environment."""
+    return scorer_env_inputs(wildcards) if SCORES_TINY else []
+
+
+def scorer_weights_args(wildcards):
+    """`sidrepro score-weights` flags: tiny (with the env where needed) or the real files (HPS version)."""
+    if SCORES_TINY:
+        return f"--tiny {scorer_env_flag(wildcards)}"
+    return f"--hps-version {SCORES.get('hps_version', 'v2.1')}" if wildcards.scorer == "hpsv2" else ""
+
+
+def score_targets():
+    """Every configured scorer's metrics file of every measured model."""
+    return [f"{ROOT}/scores/{m}/{s}.json" for m in model_ids() for s in SCORERS]
+
+
+# ---------------------------------------------------------------- tables
+
+TABLE_SCORES = config["tables"].get("scores", [])
+for _key in TABLE_SCORES:  # fail at parse time, not after the whole run, when a column cannot be filled
+    if _key == "geneval" and not GENEVAL:
+        raise ValueError("config tables.scores: geneval needs a `geneval:` section (see workflow/config/paper.yaml)")
+    if _key != "geneval" and _key not in SCORERS:
+        raise ValueError(f"config tables.scores: {_key!r} is not among scores.scorers ({', '.join(SCORERS)})")
+
+
+def table_scores(wildcards):
+    """The score files a table waits for: each of ``tables.scores`` for every measured model of the table."""
+    return [f"{ROOT}/scores/{m}/{k}.json" for m in model_ids(wildcards.table) for k in TABLE_SCORES]

@@ -29,7 +29,9 @@ rule sample:
         ENV
     shell:
         "export OMP_NUM_THREADS={threads}; "
-        "sidrepro sample {params.who} --reference {params.reference} --subset {params.subset} --out {params.folder} "
+        # A retrained model finds its old samples in the folder (not an output): they move to .superseded/.
+        "sidrepro sample {params.who} --on-plan-change restart --reference {params.reference} "
+        "--subset {params.subset} --out {params.folder} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --batch {params.batch} --quiet > {log} 2>&1 && "
         "touch {output}"
 

@@ -1,5 +1,6 @@
-"""Paper-vs-ours tables: every paper row of a table with our metrics, difference, protocol and provenance; the
-measured numbers also as JSON, which DVC lists as metrics."""
+"""Paper-vs-ours tables: every paper row of a table with our metrics (FID and CLIP from `evaluate`, and the
+`tables.scores` columns: GenEval and the preference scores), difference, protocol and provenance; the measured numbers
+also as JSON, which DVC lists as metrics."""
 
 
 rule table:
@@ -7,6 +8,7 @@ rule table:
         metrics=lambda wc: [f"{ROOT}/metrics/{m}.json" for m in model_ids(wc.table)],
         paper="workflow/resources/paper_tables.csv",
         figures=table_figures,
+        scores=table_scores,
     output:
         csv=report(
             f"{config['results']}/{{table}}.csv",
@@ -25,5 +27,5 @@ rule table:
         ENV
     shell:
         "sidrepro table --table {wildcards.table} --version {params.version} --metrics {input.metrics} "
-        "--map {params.mapping} --paper-csv {input.paper} --run {params.run} --out {output.csv} "
+        "--scores {input.scores} --map {params.mapping} --paper-csv {input.paper} --run {params.run} --out {output.csv} "
         "--json {output.json} > {log} 2>&1"
