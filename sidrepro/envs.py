@@ -27,6 +27,9 @@ from typing import Any
 from .atomic import write_json_atomic
 
 STAMP = "env.json"
+# Where environments live unless told otherwise: outside any checkout, one folder per pin file content, so that every
+# clone and config on a machine (or a cluster's shared home) reuses them, as Snakemake's --conda-prefix does.
+DEFAULT_ROOT = "~/.cache/sidrepro/envs"
 _PYTHON = re.compile(r"^#\s*python:\s*(\d+\.\d+)\s*$", re.MULTILINE)
 _STAGE = re.compile(r"^#\s*stage:(.*)$")
 
@@ -104,6 +107,16 @@ def find_python(version: str) -> str:
 def spec_digest(spec: Path) -> str:
     """sha256 of the pin file's bytes."""
     return hashlib.sha256(Path(spec).read_bytes()).hexdigest()
+
+
+def envs_root(root: str | Path | None = None) -> Path:
+    """The folder of all environments: ``root``, else ``$SIDREPRO_ENVS``, else ``~/.cache/sidrepro/envs``."""
+    return Path(root or os.environ.get("SIDREPRO_ENVS") or DEFAULT_ROOT).expanduser()
+
+
+def env_dir_for(spec: Path, root: str | Path | None = None) -> Path:
+    """The environment folder of a pin file: ``<envs root>/<file stem>-<first 12 hex of its sha256>``."""
+    return envs_root(root) / f"{Path(spec).stem}-{spec_digest(spec)[:12]}"
 
 
 def env_python(env_dir: Path) -> Path:

@@ -180,6 +180,18 @@ def test_low_rank_projection_is_exact():
     assert fid.fid_from_features(a, b) == pytest.approx(full, rel=1e-7)
 
 
+def test_low_rank_fid_against_reference_stats_equals_cleanfid():
+    """``fid_against_stats`` (n x n eigenvalues when n <= D) against clean-fid's ``frechet_distance`` on the full
+    statistics, for fewer and for more rows than dimensions."""
+    rng = np.random.default_rng(1)
+    ref = rng.gamma(2.0, 0.3, (200, 64))
+    mu2, sigma2 = fid.stats(ref)
+    for n in (12, 64, 150):
+        a = rng.gamma(2.0, 0.3, (n, 64)) + 0.1 * rng.random(64)
+        full = fid.fid_from_stats(*fid.stats(a), mu2, sigma2)
+        assert fid.fid_against_stats(a, mu2, sigma2) == pytest.approx(full, rel=1e-7), n
+
+
 def test_fid_grows_with_blur_and_noise(features):
     base = features["base"]
     blur = [fid.fid_from_features(base, base)] + [fid.fid_from_features(base, features[f"blur{r}"]) for r in BLUR]

@@ -1,7 +1,7 @@
 """GenEval: metadata -> caption rows for the sharded sampler, sample folder -> GenEval layout, the summary arithmetic
 (hand-computed), the scorer's rules (hand cases, and equality with GenEval's own evaluate_images.py on random
 detections when a GenEval checkout is at $SIDREPRO_GENEVAL_REPO), the workflow's GenEval jobs, and (slow, when the
-GenEval environment is built: $SIDREPRO_GENEVAL_ENV or work/envs/geneval) tiny random-weight Mask2Former + CLIP
+GenEval environment, built on first use where the workflow keeps it) tiny random-weight Mask2Former + CLIP
 scored end to end in that environment, again checked against GenEval's own code on the same detections."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from sidrepro.cli import main
+from sidrepro.envs import env_dir_for
 from sidrepro.evaluate import geneval
 from sidrepro.evaluate import geneval_scorer as gs
 
@@ -26,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE_SCRIPT = REPO / "workflow" / "scripts" / "geneval_smoke_metadata.py"
 OFFICIAL = Path(os.environ.get("SIDREPRO_GENEVAL_REPO", "/nonexistent"))
 OFFICIAL_EVAL = OFFICIAL / "evaluation" / "evaluate_images.py"
-GENEVAL_ENV = Path(os.environ.get("SIDREPRO_GENEVAL_ENV", REPO / "work" / "envs" / "geneval"))
+GENEVAL_SPEC = REPO / "workflow" / "envs" / "geneval.txt"
+GENEVAL_ENV = env_dir_for(GENEVAL_SPEC)  # where the workflow keeps it ($SIDREPRO_ENVS or ~/.cache/sidrepro/envs)
 
 
 def _smoke_metadata(path: Path) -> Path:
@@ -354,19 +356,24 @@ def test_workflow_geneval_jobs_smoke_and_paper():
 
 # --- the GenEval environment (slow; needs the built env) ------------------------------------------------------------
 
-def _env_ready() -> bool:
-    from sidrepro.envs import read_stamp
+@pytest.fixture(scope="session")
+def geneval_env() -> Path:
+    """The GenEval environment, built on first use where the workflow keeps it (the first time on a machine: about
+    20 minutes of mmcv-full compilation on 2 cores, or a couple with pip's wheel cache; then reused)."""
+    from sidrepro.envs import EnvError, ensure_env
 
-    return read_stamp(GENEVAL_ENV) is not None
+    try:
+        ensure_env(GENEVAL_SPEC, GENEVAL_ENV)
+    except EnvError as exc:
+        pytest.skip(f"the GenEval environment cannot be built here: {exc}")
+    return GENEVAL_ENV
 
 
-needs_env = pytest.mark.skipif(not _env_ready(), reason=f"GenEval environment not built at {GENEVAL_ENV} "
-                               "(sidrepro env --spec workflow/envs/geneval.txt --out ...; or set "
-                               "SIDREPRO_GENEVAL_ENV)")
+needs_env = pytest.mark.usefixtures("geneval_env")
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> Path:
+def tiny_models(tmp_path_factory, geneval_env) -> Path:
     out = tmp_path_factory.mktemp("geneval-tiny")
     assert main(["geneval", "tiny", "--env", str(GENEVAL_ENV), "--out", str(out), "--favour", "bench"]) == 0
     return out
@@ -457,14 +464,12 @@ print(json.dumps({{"same": same, "detections": int(sum(len(b) for b in bboxes))}
 @pytest.mark.slow
 @needs_env
 def test_smoke_workflow_scores_a_teacher_and_a_baseline_offline(tmp_path):
-    """The smoke config's GenEval chain in a copy of the workflow, the built environment reused (linked in at the
-    config's env path): smoke metadata -> captions -> tiny models -> sampling -> scoring, no network."""
+    """The smoke config's GenEval chain in a copy of the workflow, the built environment reused from where the
+    workflow keeps it: smoke metadata -> captions -> tiny models -> sampling -> scoring, no network."""
     import shutil
 
     shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
     shutil.copytree(REPO / "workflow", tmp_path / "workflow")
-    (tmp_path / "work" / "envs").mkdir(parents=True)
-    (tmp_path / "work" / "envs" / "geneval").symlink_to(GENEVAL_ENV.resolve())
     targets = [f"work/smoke/scores/{m}/geneval.json" for m in ("teacher--tiny-sana", "baseline--tiny-flux-schnell")]
     snakemake = str(Path(sys.executable).parent / "snakemake")
     proc = subprocess.run([snakemake, "--cores", "2", "--configfile=workflow/config/smoke.yaml", *targets],

@@ -6,8 +6,8 @@ hold or fail by chance. Each scorer is instead compared, image by image, with it
 the same files, captions and weights (``tests/scorer_reference.py``): the ``hpsv2`` package's ``score``, the
 ``ImageReward`` package's ``load`` + ``score``, ImageReward's own ``AestheticScore`` (improved-aesthetic-predictor on
 OpenAI ``clip``) for the aesthetic score, and the PickScore model-card code under transformers 4.36. Those run in the
-scorer environments built from workflow/envs/*.txt (slow: the first build takes minutes per env; later sessions
-reuse them from ``$SIDREPRO_TEST_ENVS``, default ``work/envs``, the workflow's own folder).
+scorer environments built from workflow/envs/*.txt where the workflow keeps them (slow: the first build on a machine
+takes about a minute per env, the main env's torch being hard-linked; later sessions and clones reuse them).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from sidrepro.cli import main
-from sidrepro.envs import check_pins, ensure_env, env_python, python_version
+from sidrepro.envs import check_pins, ensure_env, env_dir_for, env_python, python_version
 from sidrepro.evaluate import scorers
 from sidrepro.evaluate.scorers.base import ScorerError, read_samples, read_weights
 
@@ -195,18 +195,17 @@ def test_fetch_weights_pins_commits_and_reuses_offline(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------- equality with the reference code
-ENVS = Path(os.environ.get("SIDREPRO_TEST_ENVS", REPO / "work" / "envs"))
-
-
 @pytest.fixture(scope="session")
 def scorer_env():
-    """Build (first session only: minutes) or reuse the scorer environments; ``name -> folder``."""
+    """Build (first time on a machine: about a minute) or reuse the scorer environments where the workflow keeps
+    them (``sidrepro.envs.env_dir_for``); ``name -> folder``."""
     built: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in built:
-            ensure_env(REPO / "workflow" / "envs" / f"{name}.txt", ENVS / name)
-            built[name] = ENVS / name
+            spec = REPO / "workflow" / "envs" / f"{name}.txt"
+            ensure_env(spec, env_dir_for(spec))
+            built[name] = env_dir_for(spec)
         return built[name]
 
     return get

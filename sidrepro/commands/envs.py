@@ -14,18 +14,21 @@ def add(sub) -> None:
                                    "its pins, or reuse OUT when it was built from the same file. OUT/env.json "
                                    "records the pins' hash and the installed versions.")
     p.add_argument("--spec", type=Path, required=True, help="pin file, e.g. workflow/envs/geneval.txt")
-    p.add_argument("--out", type=Path, required=True, help="environment folder")
+    p.add_argument("--out", type=Path, default=None,
+                   help="environment folder (default: $SIDREPRO_ENVS or ~/.cache/sidrepro/envs, then "
+                        "<spec name>-<spec hash>)")
     p.add_argument("--log", type=Path, default=None, help="append pip's output here")
     p.set_defaults(func=_env)
 
 
 def _env(args: argparse.Namespace) -> int:
-    from ..envs import EnvError, ensure_env
+    from ..envs import EnvError, ensure_env, env_dir_for
 
+    out = args.out or env_dir_for(args.spec)
     try:
-        record = ensure_env(args.spec, args.out, log=args.log)
+        record = ensure_env(args.spec, out, log=args.log)
     except EnvError as exc:
         print(f"sidrepro env: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.out}: Python {record['python']}, {len(record['freeze'])} packages ({args.spec})")
+    print(f"{out}: Python {record['python']}, {len(record['freeze'])} packages ({args.spec})")
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_atomic, write_text_atomic
-from .fid import features_for_folder, fid_from_stats, stats
+from .fid import features_for_folder, fid_against_stats
 from .metrics import reference_stats_for
 from .protocols import get_protocol
 from .reference import CocoReference, load_reference_stats
@@ -38,8 +38,8 @@ def student_fid(student: Path, reference: Path, samples: Path, *, protocol: str 
                  progress=progress)
     merge_manifests(samples)
     ref_stats = load_reference_stats(reference_stats_for(ref, prot, device=device))
-    mu, sigma = stats(features_for_folder(samples, prot.fid_mode, device=device, cache=samples / ".features"))
-    return fid_from_stats(mu, sigma, ref_stats.mu, ref_stats.sigma)
+    feats = features_for_folder(samples, prot.fid_mode, device=device, cache=samples / ".features")
+    return fid_against_stats(feats, ref_stats.mu, ref_stats.sigma)
 
 
 def write_curve(rows: Sequence[dict], csv_path: Path, png_path: Path | None = None, *, title: str = "") -> None:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .clip_score import clip_score, load_clip
-from .fid import features_for_folder, fid_from_stats, inception_feature_fn, stats
+from .fid import features_for_folder, fid_against_stats, inception_feature_fn
 from .protocols import EvalProtocol, check_sample_folder, get_protocol, metrics_record, write_metrics
 from .reference import CocoReference, load_reference_stats, reference_stats
 
@@ -50,8 +50,7 @@ def evaluate_samples(samples: Path, reference: Path, protocol: str, out: Path, *
     stats_file = reference_stats_for(ref, prot, device=device)
     ref_stats = load_reference_stats(stats_file)
     feats = features_for_folder(samples, prot.fid_mode, device=device, cache=samples / ".features")
-    mu, sigma = stats(feats)
-    fid = fid_from_stats(mu, sigma, ref_stats.mu, ref_stats.sigma)
+    fid = fid_against_stats(feats, ref_stats.mu, ref_stats.sigma)
     name, pretrained = clip or (prot.clip_model, prot.clip_pretrained)
     model, tokenizer = load_clip(name, pretrained, device=device or "cpu")
     images = torch.stack([torch.from_numpy(np.array(Image.open(samples / r["file"]).convert("RGB"))).permute(2, 0, 1)

@@ -13,6 +13,7 @@ import sys
 
 from snakemake.utils import validate
 
+from sidrepro.envs import env_dir_for, envs_root
 from sidrepro.teachers.registry import BASELINES, TEACHERS
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -53,6 +54,9 @@ if PROMPTS_FROM_SHARDS and SYNTHETIC_SHARDS:  # the synthetic shards take their 
     raise ValueError("config data.prompts.from_shards needs real shards (data.shards.dataset or .dir), not synthetic")
 COCO_DIR = f"{ROOT}/data/coco" if SYNTHETIC_COCO else DATA["coco"]["dir"]
 REFERENCE = f"{ROOT}/reference"
+# Separate pinned venvs (GenEval, HPSv2, ImageReward): outside the checkout, one per pin file content, reused by every
+# clone and config (`envs:` in the config, else $SIDREPRO_ENVS, else ~/.cache/sidrepro/envs).
+ENVS = str(envs_root(config.get("envs")))
 
 # Fail at parse time (not after hours of training) when the config names a model the registry does not know.
 for _name in config["teachers"]:
@@ -249,8 +253,8 @@ def table_mapping(table):
 # workflow/scripts/geneval_smoke_metadata.py) or the path of a metadata file of your own.
 GENEVAL = config.get("geneval", {})
 GENEVAL_DIR = f"{ROOT}/geneval"
-GENEVAL_ENV = GENEVAL.get("env", "work/envs/geneval")  # shared by every config: built once, reused
 GENEVAL_SPEC = "workflow/envs/geneval.txt"
+GENEVAL_ENV = str(env_dir_for(GENEVAL_SPEC, ENVS))
 GENEVAL_ENV_STAMP = f"{GENEVAL_DIR}/env.json"
 GENEVAL_SOURCE = GENEVAL.get("metadata", "official")
 GENEVAL_METADATA = (f"{GENEVAL_DIR}/evaluation_metadata.jsonl" if GENEVAL_SOURCE in ("official", "smoke")
@@ -282,7 +286,6 @@ SCORES = config.get("scores", {})
 SCORERS = SCORES.get("scorers", ["aesthetic", "hpsv2", "image_reward", "pickscore"])
 SCORER_OWN_ENV = ("hpsv2", "image_reward")  # the rest run in the main environment
 SCORES_TINY = SCORES.get("weights", "official") == "tiny"
-SCORES_ENVS = SCORES.get("envs", "work/envs")  # shared by every config: built once, reused
 SCORER_DIR = f"{ROOT}/scorers"
 SCORER_WEIGHTS = SCORES.get("weights_dir", f"{SCORER_DIR}/{'tiny' if SCORES_TINY else 'official'}")
 
@@ -294,7 +297,12 @@ def scorer_env_inputs(wildcards):
 
 def scorer_env_flag(wildcards):
     """``--env DIR`` for a scorer with its own environment."""
-    return f"--env {SCORES_ENVS}/{wildcards.scorer}" if wildcards.scorer in SCORER_OWN_ENV else ""
+    return f"--env {scorer_env_dir(wildcards.scorer)}" if wildcards.scorer in SCORER_OWN_ENV else ""
+
+
+def scorer_env_dir(scorer):
+    """The folder of a scorer's own environment (one per pin file content, shared by every checkout)."""
+    return str(env_dir_for(f"workflow/envs/{scorer}.txt", ENVS))
 
 
 def scorer_weights_inputs(wildcards):

@@ -18,7 +18,7 @@ if SCORES:
         output:
             f"{SCORER_DIR}/envs/{{scorer}}.json",
         params:
-            env=lambda wc: f"{SCORES_ENVS}/{wc.scorer}",
+            env=lambda wc: scorer_env_dir(wc.scorer),
         log:
             f"{ROOT}/logs/scores/env-{{scorer}}.log",
         wildcard_constraints:
