@@ -12,7 +12,6 @@ model; since open_clip asks for ``main``, the cache's ``refs/main`` is pointed a
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ def clip_hub_files(model: str, pretrained: str) -> tuple[str, list[str]]:
     of preference (the safetensors twin first). ``ValueError`` for a tag open_clip does not know or that is not
     hosted on the hub."""
     import open_clip
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not cfg:
@@ -43,14 +41,9 @@ def clip_hub_files(model: str, pretrained: str) -> tuple[str, list[str]]:
     if not cfg.get("hf_hub"):
         raise ValueError(f"open_clip serves {model}/{pretrained} from {cfg.get('url') or '?'}, not the hub: "
                          f"pre-download it with open_clip.create_model(..., cache_dir=DIR) instead")
-    repo, filename = os.path.split(cfg["hf_hub"])  # "org/model/" (default file name) or "org/model/file"
-    filename = filename or HF_WEIGHTS_NAME
-    names = [filename]
-    if filename == HF_WEIGHTS_NAME:
-        names.insert(0, HF_SAFE_WEIGHTS_NAME)
-    elif filename.endswith((".bin", ".pth")):
-        names.insert(0, filename[:-4] + ".safetensors")
-    return repo, names
+    from ..evaluate.clip_score import hub_weight_names
+
+    return hub_weight_names(cfg["hf_hub"])
 
 
 def _commit_of(path: Path) -> str:

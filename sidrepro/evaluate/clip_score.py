@@ -54,10 +54,24 @@ def _hub_cache_description(cache_dir: Path | None) -> str:
     return f"{constants.HF_HUB_CACHE} (the Hugging Face hub cache: $HF_HUB_CACHE, or $HF_HOME/hub)"
 
 
+def hub_weight_names(hf_hub: str) -> tuple[str, list[str]]:
+    """An open_clip ``hf_hub`` entry ("org/model/" or "org/model/file") as (repo, file names in open_clip's order of
+    preference: the safetensors twin first, then the named file; as ``download_pretrained_from_hf``)."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo, filename = os.path.split(hf_hub)
+    filename = filename or HF_WEIGHTS_NAME
+    names = [filename]
+    if filename == HF_WEIGHTS_NAME:
+        names.insert(0, HF_SAFE_WEIGHTS_NAME)
+    elif filename.endswith((".bin", ".pth")):
+        names.insert(0, filename[:-4] + ".safetensors")
+    return repo, names
+
+
 def cached_weights(name: str, pretrained: str, cache_dir: Path | None = None) -> Path | None:
     """Local file of open_clip's weights for ``name`` / ``pretrained`` tag, found without any network call."""
     import open_clip
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
@@ -67,14 +81,7 @@ def cached_weights(name: str, pretrained: str, cache_dir: Path | None = None) ->
     if cfg.get("hf_hub"):
         from huggingface_hub import try_to_load_from_cache
 
-        repo, filename = os.path.split(cfg["hf_hub"])  # "org/model/" (default file name) or "org/model/file"
-        filename = filename or HF_WEIGHTS_NAME
-        # open_clip's order (download_pretrained_from_hf): the safetensors twin first, then the named file.
-        names = [filename]
-        if filename == HF_WEIGHTS_NAME:
-            names.insert(0, HF_SAFE_WEIGHTS_NAME)
-        elif filename.endswith((".bin", ".pth")):
-            names.insert(0, filename[:-4] + ".safetensors")
+        repo, names = hub_weight_names(cfg["hf_hub"])
         for fname in names:
             hit = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
             if isinstance(hit, str) and Path(hit).is_file():

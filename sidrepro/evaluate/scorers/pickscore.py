@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...teachers.tokenizers import bytes_to_unicode
 from .base import ScorerInfo, fetch_hub_files, read_weights, versions, write_weights
 
 MODEL_REPO = "yuvalkirstain/PickScore_v1"
@@ -53,19 +54,6 @@ def fetch_weights(out: Path, *, lock_file: Path | None = None, update_lock: bool
 
 
 # ---------------------------------------------------------------------------------------- tiny offline model
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte-level alphabet (printable stand-ins for all 256 bytes)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 TINY_MERGES = ("t h", "th e</w>", "a n", "i n", "o n</w>", "e r", "a t</w>", "r e", "o r</w>", "s t")
 
 
@@ -74,7 +62,7 @@ def write_tiny_tokenizer(folder: Path) -> int:
     ``merges.txt`` and configs, as a hub CLIP tokenizer folder holds them); returns the vocabulary size."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
     for merge in TINY_MERGES:
         tokens.append(merge.replace(" ", ""))
