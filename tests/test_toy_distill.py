@@ -97,19 +97,3 @@ def test_monitor_rows_and_bad_settings(world_and_teacher):
         DistillConfig(setting="data-rich")
     with pytest.raises(ValueError, match="weighting"):
         SiDConfig(weighting="sid_default")
-
-
-def test_skip_path_is_the_exact_velocity_of_unit_gaussian_data():
-    from sidrepro.toy.mixture import GaussianMixture
-    from sidrepro.toy.nets import c_skip
-
-    unit = GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None])
-    g = torch.Generator().manual_seed(0)
-    x_t, t = torch.randn(64, 2, generator=g), torch.rand(64, generator=g) * 0.98 + 0.01
-    torch.testing.assert_close(unit.velocity(x_t, t), c_skip(t)[:, None] * x_t, atol=1e-5, rtol=1e-5)
-    net = VelocityMLP(2, 1, hidden=16, depth=1, skip=True)
-    torch.nn.init.zeros_(net.proj_out.weight)
-    torch.nn.init.zeros_(net.proj_out.bias)
-    labels = torch.zeros(64, dtype=torch.long)
-    torch.testing.assert_close(net(x_t, t, labels), c_skip(t)[:, None] * x_t)
-    assert not torch.equal(VelocityMLP(2, 1, hidden=16, depth=1)(x_t, t, labels), net(x_t, t, labels))

@@ -28,7 +28,6 @@ class TeacherConfig:
     lr: float = 2e-3
     label_dropout: float = 0.1  # as text-to-image teachers are trained, so that CFG is possible
     ema: float = 0.999
-    skip: bool = False  # the network's c_skip(t) x_t output path (see VelocityMLP); students inherit it
 
 
 def train_teacher(data: GaussianMixture, cfg_: TeacherConfig, seed: int, *, progress: bool = True
@@ -37,7 +36,7 @@ def train_teacher(data: GaussianMixture, cfg_: TeacherConfig, seed: int, *, prog
     EMA network and the loss curve."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    net = VelocityMLP(data.dim, data.modes, cfg_.hidden, cfg_.depth, skip=cfg_.skip)
+    net = VelocityMLP(data.dim, data.modes, cfg_.hidden, cfg_.depth)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg_.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg_.lr, total_steps=cfg_.iters, pct_start=0.05)
