@@ -20,6 +20,8 @@ PAPER_CSV = Path(__file__).resolve().parents[1] / "workflow" / "resources" / "pa
 METRICS: dict[str, str] = {"FID_coco10k": "fid", "CLIP_vitg14": "clip_score", "GenEval_overall": "geneval",
                            "Aesthetic": "aesthetic", "HPSv2": "hpsv2", "ImageReward": "image_reward",
                            "PickScore": "pickscore"}
+# The metrics measured outside ``sidrepro evaluate``, each in a score file of its own.
+SCORE_KEYS = tuple(k for k in METRICS.values() if k not in ("fid", "clip_score"))
 SETTINGS = ("teacher", "data-free", "data-aided", "baseline-distilled")
 ROW_COLUMNS = ["run", "paper_version", "table", "block", "row", "setting", "steps", "params_B", "source", "model",
                "protocol", "num_images", "complete", "provenance", "metrics_file", "score_files"]
@@ -75,9 +77,9 @@ def read_scores(files: Iterable[Path]) -> dict[str, dict[str, tuple[float, Path]
     for path in map(Path, files):
         record = json.loads(path.read_text(encoding="utf-8"))
         key = record.get("metric")
-        if key not in METRICS.values() or not isinstance(record.get(key), (int, float)):
-            raise ValueError(f"{path}: not a score file of one of {', '.join(METRICS.values())} (needs 'metric' and "
-                             "its value)")
+        if key not in SCORE_KEYS or not isinstance(record.get(key), (int, float)):
+            raise ValueError(f"{path}: not a score file of one of {', '.join(SCORE_KEYS)} (needs 'metric' and its "
+                             "value)")
         out.setdefault(path.parent.name, {})[key] = (float(record[key]), path)
     return out
 

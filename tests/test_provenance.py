@@ -118,5 +118,5 @@ def test_a_score_column_traces_to_its_score_file(chain):
     assert t["model"]["checkpoint"]["exists"]  # the same chain behind it: samples -> student -> checkpoint
     assert trace(chain["table"], "tiny-sana--data-free", "FID_coco10k")["metrics"]["path"] == str(chain["metrics"])
     with pytest.raises(ValueError, match="not a score file"):
-        score.write_text(json.dumps({"metric": "speed", "speed": 1.0}))
+        score.write_text(json.dumps({"metric": "fid", "fid": 1.0}))  # FID comes from the metrics file, never a score
         build_table("table1", "v2", [chain["metrics"]], MAPPING, scores=[score])
