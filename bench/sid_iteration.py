@@ -7,27 +7,40 @@ log); the floor for an iteration with ``K`` generator steps is the sum of
 - generator phase: ``K - 1`` no-grad generator passes + one generator pass with grad, the teacher's and the fake
   network's passes (2B each under CFG) and the backward through all three to the generator's weights;
 
+- data-free runs that encode prompts on the fly (``precompute_text`` off, SANA's default): the text encoder's
+  pass over each phase's prompts, two per micro-batch;
+
 each timed on its own with the same networks, shapes and precision. The ratio says what the loop adds on top of
-the networks (prompt encoding, noise, optimiser steps, Python).
+the networks (noise, optimiser steps, gradient checks, logging, Python).
 
     .venv/bin/python bench/sid_iteration.py --teacher tiny-sd3 --iters 8
     .venv/bin/python bench/sid_iteration.py --teacher sana-1.6b --snapshot /path/to/snapshot --set precision=amp
+    python bench/sid_iteration.py --teacher sd3-medium --real-size --set batch=2 --json out.jsonl   # on a GPU
+
+``--real-size`` builds the teacher's transformer at full size with random weights (``bench/real_size.py``), so a
+GPU without the hub weights measures the real shapes. Every run also prints the memory model's prediction for one
+GPU (``sidrepro/distill/memory.py``) beside the measured peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
+import math
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from sidrepro.commands.distill import teacher_folder
 from sidrepro.distill.config import parse_overrides, resolve_config
+from sidrepro.distill.memory import CUDA_OVERHEAD_GB, GB, estimate
 from sidrepro.distill.trainer import autocast, train
 from sidrepro.flow import interpolate, x0_from_velocity
 from sidrepro.sid.losses import generator_loss
@@ -53,15 +66,16 @@ def _time(fn, device: torch.device, repeats: int) -> float:
     return best
 
 
-def floors(cfg, adapter, repeats: int) -> dict[int, float]:
-    """Seconds of network passes for an iteration with K = 1..N generator steps (one micro-batch of batch_gpu)."""
+def floors(cfg, adapter, repeats: int) -> tuple[dict[int, float], float]:
+    """Seconds of network passes for an iteration with K = 1..N generator steps (one micro-batch of batch_gpu),
+    and the part of them that is text encoding."""
     device = adapter.device
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     teacher, fake, gen = (adapter.load_transformer(dtype) for _ in range(3))
     teacher.requires_grad_(False)
-    if cfg.grad_checkpointing:
-        fake.enable_gradient_checkpointing()
-        gen.enable_gradient_checkpointing()
+    if cfg.grad_checkpointing:  # all three, as the trainer does (the teacher's backward recomputes its blocks too)
+        for net in (teacher, fake, gen):
+            net.enable_gradient_checkpointing()
     b = min(cfg.batch_gpu, cfg.batch)
     cond = adapter.encode_prompts((PROMPTS * b)[:b])
     uncond = adapter.empty(b)
@@ -95,43 +109,123 @@ def floors(cfg, adapter, repeats: int) -> dict[int, float]:
     g_s = _time(gen_pass, device, repeats)
     f_s = _time(fake_train, device, repeats)
     l_s = _time(generator_loss_pass, device, repeats)
+    online = cfg.setting == "data-free" and not cfg.precompute_text
+    e_s = 2 * _time(lambda: adapter.encode_prompts((PROMPTS * b)[:b]), device, repeats) if online else 0.0
     rounds = cfg.per_rank(1)[1]
-    return {k: rounds * (k * g_s + f_s + (k - 1) * g_s + l_s) for k in range(1, cfg.num_steps + 1)}
+    return {k: rounds * (k * g_s + f_s + (k - 1) * g_s + l_s + e_s) for k in range(1, cfg.num_steps + 1)}, rounds * e_s
+
+
+def memory_check(teacher: str, cfg, params: int, encoder_bytes: int, measured_bytes: int) -> dict:
+    """The memory model's one-GPU prediction for this run beside the measured peak (both in GB)."""
+    res = {"sana": 4}.get(teacher.split("-")[0], 1) * cfg.resolution  # the model counts in the real VAE's pixels
+    e = estimate(teacher, precision=cfg.precision, gpus=1, batch_gpu=min(cfg.batch_gpu, cfg.batch), resolution=res,
+                 grad_checkpointing=cfg.grad_checkpointing, params=params, encoder_gb=encoder_bytes / GB)
+    return {"model_states_gb": e.model_states_gb, "gradients_gb": e.gradients_gb, "activations_gb": e.activations_gb,
+            "encoders_gb": e.encoders_gb, "peak_phase": e.peak_phase, "predicted_gb": e.total_gb - CUDA_OVERHEAD_GB,
+            "measured_gb": measured_bytes / GB}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", default="tiny-sd3")
     p.add_argument("--snapshot", type=Path, default=None)
+    p.add_argument("--real-size", action="store_true",
+                   help="build the teacher's transformer at full size with random weights (bench/real_size.py)")
+    p.add_argument("--layers", type=int, default=None, help="with --real-size: blocks per stack (a quick CPU check)")
     p.add_argument("--iters", type=int, default=8, help="iterations timed (the first is warm-up)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", type=Path, default=None, help="append the figures as one JSON line to this file")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="write torch.profiler's operator tables of the training run (load included) to this file")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
+        folder, over = teacher_folder(args.teacher, args.snapshot) if not args.real_size else None, {}
+        if args.real_size:
+            from real_size import build_snapshot
+
+            t0 = time.perf_counter()
+            folder, resolution = build_snapshot(args.teacher, Path(tmp) / "snapshot", device=device,
+                                                layers=args.layers)
+            over["resolution"] = str(resolution)
+            print(f"built {folder.name} (real-size transformer, random weights) in {time.perf_counter() - t0:.0f} s",
+                  flush=True)
         prompts = Path(tmp) / "prompts.txt"
         prompts.write_text("\n".join(PROMPTS) + "\n")
-        over = {"prompts": str(prompts), "snapshot_ticks": "1000000", "checkpoint_ticks": "1000000",
-                **parse_overrides(args.overrides)}
+        over.update({"prompts": str(prompts), "snapshot_ticks": "1000000", "checkpoint_ticks": "1000000",
+                     **parse_overrides(args.overrides)})
         cfg, _ = resolve_config(args.teacher, over)
-        from dataclasses import replace
-
         cfg = replace(cfg, duration_kimg=cfg.batch * args.iters / 1000, tick_kimg=cfg.batch / 1000)
         weights = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-        adapter = load_teacher(args.teacher, teacher_folder(args.teacher, args.snapshot), device=device,
-                               dtype=weights)
-        train(cfg, Path(tmp) / "run", adapter, progress=False)
+        adapter = load_teacher(args.teacher, folder, device=device, dtype=weights)
+        encoder_bytes = torch.cuda.memory_allocated() if device == "cuda" else 0
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with _profiler(args.profile):
+            train(cfg, Path(tmp) / "run", adapter, progress=False, final_checkpoint=False)
+        peak = {"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved()} \
+            if device == "cuda" else {}
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()][1:]
-        floor = floors(cfg, adapter, args.repeats)
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        floor, encode_s = floors(cfg, adapter, args.repeats)
+        params = _transformer_params(folder)
     ratios = [r["sec_per_iter"] / floor[r["steps"]] for r in rows]
     it = statistics.median(r["sec_per_iter"] for r in rows)
     fl = statistics.median(floor[r["steps"]] for r in rows)
-    print(f"{args.teacher} on {device} ({torch.get_num_threads()} threads), {cfg.precision}, batch {cfg.batch}, "
-          f"micro-batch {cfg.batch_gpu}, {len(rows)} timed iterations")
-    print(f"iteration {it * 1e3:.1f} ms, network floor {fl * 1e3:.1f} ms, ratio median {statistics.median(ratios):.2f}"
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"{args.teacher}{' (real size, random weights)' if args.real_size else ''} on {name}, {cfg.precision}, "
+          f"{cfg.resolution} px, batch {cfg.batch}, micro-batch {cfg.batch_gpu}, {len(rows)} timed iterations")
+    print(f"iteration {it * 1e3:.1f} ms, network floor {fl * 1e3:.1f} ms (text encoding {encode_s * 1e3:.1f}), "
+          f"ratio median {statistics.median(ratios):.2f}"
           f" (min {min(ratios):.2f}, max {max(ratios):.2f}); peak memory {rows[-1]['peak_mem_gib']:.2f} GiB "
           f"({'GPU' if device == 'cuda' else 'process RSS'})")
+    result = {"teacher": args.teacher, "real_size": args.real_size, "device": name, "precision": cfg.precision,
+              "resolution": cfg.resolution, "batch": cfg.batch, "batch_gpu": cfg.batch_gpu,
+              "grad_checkpointing": cfg.grad_checkpointing, "params": params, "iteration_ms": it * 1e3,
+              "floor_ms": fl * 1e3, "encode_ms": encode_s * 1e3, "ratio_median": statistics.median(ratios),
+              "ratio_min": min(ratios), "ratio_max": max(ratios), "iterations": len(rows)}
+    if device == "cuda":
+        mem = memory_check(args.teacher, cfg, params, encoder_bytes, peak["allocated"])
+        mem["reserved_gb"] = peak["reserved"] / GB
+        result["memory"] = mem
+        print(f"memory, one GPU (GB = 1e9 B): measured peak {mem['measured_gb']:.1f} allocated "
+              f"({mem['reserved_gb']:.1f} reserved); model {mem['predicted_gb']:.1f} allocated, peak in the "
+              f"{mem['peak_phase']} phase (states {mem['model_states_gb']:.1f}, gradients {mem['gradients_gb']:.1f}, "
+              f"activations {mem['activations_gb']:.1f}, encoders {mem['encoders_gb']:.2f})")
+    if args.json:
+        with args.json.open("a") as f:
+            f.write(json.dumps(result) + "\n")
     return 0
+
+
+@contextlib.contextmanager
+def _profiler(path: Path | None):
+    """torch.profiler around the block, its operator tables (by device time and by host time) written to ``path``."""
+    if path is None:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        yield
+    avg = prof.key_averages()
+    key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    path.write_text(avg.table(sort_by=key, row_limit=40) + "\n\n" + avg.table(sort_by="cpu_time_total", row_limit=60))
+
+
+def _transformer_params(folder: Path) -> int:
+    """Parameters of the snapshot's transformer, read from its safetensors headers."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted((folder / "transformer").glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
+    return total
 
 
 if __name__ == "__main__":

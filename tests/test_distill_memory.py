@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from sidrepro.distill.memory import estimate, model_state_bytes, table
+from sidrepro.distill.memory import CUDA_OVERHEAD_GB, estimate, model_state_bytes, table
 
 
 @pytest.mark.parametrize(("precision", "dtype"), [("amp", torch.float32), ("bf16", torch.bfloat16)])
@@ -35,3 +38,22 @@ def test_estimates_shrink_with_more_gpus_and_the_table_covers_every_teacher():
     assert no_ckpt.activations_gb > estimate("sd3.5-large").activations_gb
     rows = table().splitlines()
     assert len(rows) == 1 + 2 * 7 and all(r.endswith(("yes", "NO")) for r in rows[1:])
+
+
+MEASURED = Path(__file__).resolve().parents[1] / "bench" / "results" / "sid_iteration_h200.jsonl"
+
+
+def test_the_model_reproduces_the_measured_single_gpu_peaks():
+    """Peaks of real-size random-weight SANA-1.6B and SD3-Medium training on one H200 (bench/sid_iteration.py
+    --real-size), AMP and pure bf16: the model (its activation constants fitted to these runs) within 3%, and the
+    peak where the measurements put it (end of the fake network's backward, its gradients complete)."""
+    rows = [json.loads(line) for line in MEASURED.read_text().splitlines()]
+    assert {(r["teacher"], r["precision"]) for r in rows} == {(t, p) for t in ("sana-1.6b", "sd3-medium")
+                                                               for p in ("amp", "bf16")}
+    for r in rows:
+        pixels = r["resolution"] * (4 if r["teacher"].startswith("sana") else 1)  # the zoo VAE is 8x, DC-AE 32x
+        e = estimate(r["teacher"], precision=r["precision"], gpus=1, batch_gpu=r["batch_gpu"], resolution=pixels,
+                     params=r["params"], encoder_gb=r["memory"]["encoders_gb"])
+        assert e.total_gb - CUDA_OVERHEAD_GB == pytest.approx(r["memory"]["measured_gb"], rel=0.03), r
+        assert e.peak_phase == "fake"
+        assert r["memory"]["reserved_gb"] - r["memory"]["measured_gb"] < CUDA_OVERHEAD_GB
