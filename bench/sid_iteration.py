@@ -141,7 +141,8 @@ def main() -> int:
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
-        folder, over = teacher_folder(args.teacher, args.snapshot) if not args.real_size else None, {}
+        over: dict[str, str] = {}
+        folder = None if args.real_size else teacher_folder(args.teacher, args.snapshot)
         if args.real_size:
             from real_size import build_snapshot
 
