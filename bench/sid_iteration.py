@@ -11,7 +11,11 @@ log); the floor for an iteration with ``K`` generator steps is the sum of
   pass over each phase's prompts, two per micro-batch;
 
 each timed on its own with the same networks, shapes and precision. The ratio says what the loop adds on top of
-the networks (noise, optimiser steps, gradient checks, logging, Python).
+the networks (noise, optimiser steps, gradient checks, logging, Python). Each pass is timed over ``--repeats``
+runs: the floor from each pass's fastest run is a lower bound; the one from its median is what a single iteration
+is compared with when both have the same jitter (both are printed). Host work the device does not see is reported
+per iteration: garbage-collection pauses, and with ``--count-ops`` the aten operators dispatched against the
+floor's (one per kernel launch, roughly; device independent).
 
     .venv/bin/python bench/sid_iteration.py --teacher tiny-sd3 --iters 8
     .venv/bin/python bench/sid_iteration.py --teacher sana-1.6b --snapshot /path/to/snapshot --set precision=amp
@@ -37,6 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sidrepro.commands.distill import teacher_folder
 from sidrepro.distill.config import parse_overrides, resolve_config
@@ -54,21 +59,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device: torch.device, repeats: int) -> float:
+def _time(fn, device: torch.device, repeats: int) -> tuple[float, float]:
+    """(best, median) seconds of ``fn`` over ``repeats`` runs after one warm-up."""
     fn()
     _sync(device)
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return min(times), statistics.median(times)
 
 
-def floors(cfg, adapter, repeats: int) -> tuple[dict[int, float], float]:
-    """Seconds of network passes for an iteration with K = 1..N generator steps (one micro-batch of batch_gpu),
-    and the part of them that is text encoding."""
+def floors(cfg, adapter, repeats: int, timer=_time) -> dict[str, dict[int, float] | float]:
+    """Seconds of network passes for an iteration with K = 1..N generator steps (one micro-batch of batch_gpu):
+    ``best`` from each pass's fastest repeat, ``typical`` from its median, and ``encode`` the text encoding part
+    (best). ``timer(fn, device, repeats)`` returns a (best, median) pair per pass."""
     device = adapter.device
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     teacher, fake, gen = (adapter.load_transformer(dtype) for _ in range(3))
@@ -106,13 +113,80 @@ def floors(cfg, adapter, repeats: int) -> tuple[dict[int, float], float]:
         loss.backward()
         gen.zero_grad(set_to_none=True)
 
-    g_s = _time(gen_pass, device, repeats)
-    f_s = _time(fake_train, device, repeats)
-    l_s = _time(generator_loss_pass, device, repeats)
+    passes = [timer(fn, device, repeats) for fn in (gen_pass, fake_train, generator_loss_pass)]
     online = cfg.setting == "data-free" and not cfg.precompute_text
-    e_s = 2 * _time(lambda: adapter.encode_prompts((PROMPTS * b)[:b]), device, repeats) if online else 0.0
+    enc = timer(lambda: adapter.encode_prompts((PROMPTS * b)[:b]), device, repeats) if online else (0.0, 0.0)
     rounds = cfg.per_rank(1)[1]
-    return {k: rounds * (k * g_s + f_s + (k - 1) * g_s + l_s + e_s) for k in range(1, cfg.num_steps + 1)}, rounds * e_s
+    out: dict[str, dict[int, float] | float] = {"encode": 2 * rounds * enc[0]}
+    for i, kind in enumerate(("best", "typical")):
+        g_s, f_s, l_s, e_s = passes[0][i], passes[1][i], passes[2][i], 2 * enc[i]
+        out[kind] = {k: rounds * (k * g_s + f_s + (k - 1) * g_s + l_s + e_s) for k in range(1, cfg.num_steps + 1)}
+    return out
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts every aten operator that reaches a backend (forward and backward): one per kernel launch, roughly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_ops(fn, device: torch.device, repeats: int) -> tuple[float, float]:
+    """A ``floors`` timer that counts operators of one call instead of timing it."""
+    fn()  # warm-up outside the count, as the timed floor does
+    with _OpCounter() as counter:
+        fn()
+    return float(counter.n), float(counter.n)
+
+
+class HostWork:
+    """Per-iteration rows of the trainer with the host-side work the device does not see: garbage-collection
+    pauses (``gc_ms``), on CUDA the memory segments the caching allocator had to request from the driver
+    (``cuda_mallocs``: each a slow call, and a full synchronisation when it first has to free cached blocks,
+    counted in ``alloc_retries``) and, with ``count_ops``, operators dispatched (``ops``). ``mark`` is the
+    trainer's ``on_iteration`` callback."""
+
+    def __init__(self, count_ops: bool = False) -> None:
+        self.rows: list[dict] = []
+        self.counter = _OpCounter() if count_ops else None
+        self._gc_s, self._gc_start, self._ops = 0.0, 0.0, 0
+        self._alloc = self._alloc_stats()
+
+    @staticmethod
+    def _alloc_stats() -> tuple[int, int]:
+        if not torch.cuda.is_available():
+            return 0, 0
+        stats = torch.cuda.memory_stats()
+        return stats.get("segment.all.allocated", 0), stats.get("num_alloc_retries", 0)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self._gc_s += time.perf_counter() - self._gc_start
+
+    def mark(self, row: dict) -> None:
+        ops = self.counter.n if self.counter is not None else 0
+        alloc = self._alloc_stats()
+        self.rows.append({**row, "gc_ms": self._gc_s * 1e3, "ops": ops - self._ops,
+                          "cuda_mallocs": alloc[0] - self._alloc[0], "alloc_retries": alloc[1] - self._alloc[1]})
+        self._gc_s, self._ops, self._alloc = 0.0, ops, alloc
+
+    def __enter__(self) -> HostWork:
+        gc.callbacks.append(self._on_gc)
+        if self.counter is not None:
+            self.counter.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.counter is not None:
+            self.counter.__exit__(*exc)
+        gc.callbacks.remove(self._on_gc)
 
 
 def memory_check(teacher: str, cfg, params: int, encoder_bytes: int, measured_bytes: int) -> dict:
@@ -138,6 +212,9 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="append the figures as one JSON line to this file")
     p.add_argument("--profile", type=Path, default=None,
                    help="write torch.profiler's operator tables of the training run (load included) to this file")
+    p.add_argument("--count-ops", action="store_true",
+                   help="also count the aten operators each iteration and the floor dispatch (a device-independent "
+                        "measure of the loop's extra kernel launches; slows the timed run, so time without it)")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,31 +240,50 @@ def main() -> int:
         encoder_bytes = torch.cuda.memory_allocated() if device == "cuda" else 0
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        with _profiler(args.profile):
-            train(cfg, Path(tmp) / "run", adapter, progress=False, final_checkpoint=False)
+        host = HostWork(count_ops=args.count_ops)
+        with _profiler(args.profile), host:
+            train(cfg, Path(tmp) / "run", adapter, progress=False, final_checkpoint=False, on_iteration=host.mark)
         peak = {"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved()} \
             if device == "cuda" else {}
-        rows = [json.loads(line) for line in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()][1:]
+        rows = host.rows[1:]  # the first iteration is warm-up
+        last = json.loads((Path(tmp) / "run" / "log.jsonl").read_text().splitlines()[-1])
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-        floor, encode_s = floors(cfg, adapter, args.repeats)
+        floor = floors(cfg, adapter, args.repeats)
+        op_floor = floors(cfg, adapter, 1, timer=_count_ops)["best"] if args.count_ops else None
         params = _transformer_params(folder)
-    ratios = [r["sec_per_iter"] / floor[r["steps"]] for r in rows]
+    ratios = {kind: [r["sec_per_iter"] / floor[kind][r["steps"]] for r in rows] for kind in ("best", "typical")}
     it = statistics.median(r["sec_per_iter"] for r in rows)
-    fl = statistics.median(floor[r["steps"]] for r in rows)
+    fl = {kind: statistics.median(floor[kind][r["steps"]] for r in rows) for kind in ("best", "typical")}
+    gc_ms = statistics.median(r["gc_ms"] for r in rows)
+    mallocs, retries = sum(r["cuda_mallocs"] for r in rows), sum(r["alloc_retries"] for r in rows)
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{args.teacher}{' (real size, random weights)' if args.real_size else ''} on {name}, {cfg.precision}, "
           f"{cfg.resolution} px, batch {cfg.batch}, micro-batch {cfg.batch_gpu}, {len(rows)} timed iterations")
-    print(f"iteration {it * 1e3:.1f} ms, network floor {fl * 1e3:.1f} ms (text encoding {encode_s * 1e3:.1f}), "
-          f"ratio median {statistics.median(ratios):.2f}"
-          f" (min {min(ratios):.2f}, max {max(ratios):.2f}); peak memory {rows[-1]['peak_mem_gib']:.2f} GiB "
-          f"({'GPU' if device == 'cuda' else 'process RSS'})")
+    print(f"iteration {it * 1e3:.1f} ms, network floor {fl['best'] * 1e3:.1f} ms from each pass's fastest repeat "
+          f"(text encoding {floor['encode'] * 1e3:.1f}), {fl['typical'] * 1e3:.1f} ms from its median; "
+          f"ratio median {statistics.median(ratios['best']):.2f} (min {min(ratios['best']):.2f}, "
+          f"max {max(ratios['best']):.2f}), against the median passes {statistics.median(ratios['typical']):.2f}")
+    alloc = f"{mallocs} cudaMalloc calls and {retries} allocator retries in the timed iterations; " \
+        if device == "cuda" else ""
+    print(f"host: garbage collection {gc_ms:.1f} ms per iteration (median, max {max(r['gc_ms'] for r in rows):.1f}); "
+          f"{alloc}peak memory {last['peak_mem_gib']:.2f} GiB ({'GPU' if device == 'cuda' else 'process RSS'})")
     result = {"teacher": args.teacher, "real_size": args.real_size, "device": name, "precision": cfg.precision,
               "resolution": cfg.resolution, "batch": cfg.batch, "batch_gpu": cfg.batch_gpu,
               "grad_checkpointing": cfg.grad_checkpointing, "params": params, "iteration_ms": it * 1e3,
-              "floor_ms": fl * 1e3, "encode_ms": encode_s * 1e3, "ratio_median": statistics.median(ratios),
-              "ratio_min": min(ratios), "ratio_max": max(ratios), "iterations": len(rows)}
+              "floor_ms": fl["best"] * 1e3, "floor_typical_ms": fl["typical"] * 1e3,
+              "encode_ms": floor["encode"] * 1e3, "ratio_median": statistics.median(ratios["best"]),
+              "ratio_min": min(ratios["best"]), "ratio_max": max(ratios["best"]),
+              "ratio_median_typical_floor": statistics.median(ratios["typical"]), "gc_ms_median": gc_ms,
+              "cuda_mallocs": mallocs, "alloc_retries": retries,
+              "iterations": len(rows)}
+    if op_floor is not None:
+        op_ratios = [r["ops"] / op_floor[r["steps"]] for r in rows]
+        result["ops_per_iteration"] = statistics.median(r["ops"] for r in rows)
+        result["ops_ratio_median"] = statistics.median(op_ratios)
+        print(f"operators dispatched: {result['ops_per_iteration']:.0f} per iteration, ratio to the floor's "
+              f"{result['ops_ratio_median']:.3f} (min {min(op_ratios):.3f}, max {max(op_ratios):.3f})")
     if device == "cuda":
         mem = memory_check(args.teacher, cfg, params, encoder_bytes, peak["allocated"])
         mem["reserved_gb"] = peak["reserved"] / GB
