@@ -31,9 +31,9 @@ TEXT_WIDTHS = ("caption_channels", "joint_attention_dim", "pooled_projection_dim
 ZOO_VAE_FACTOR = 8
 
 
-def real_config(name: str, tiny_config: dict, layers: int | None = None) -> dict:
-    """The real transformer config of ``name`` with the tiny entry's text widths (and ``layers`` blocks per stack
-    when given, for a quick check of the path on a CPU)."""
+def real_config(name: str, tiny_config: dict, layers: int | None = None, heads: int | None = None) -> dict:
+    """The real transformer config of ``name`` with the tiny entry's text widths (and ``layers`` blocks per stack or
+    ``heads`` attention heads when given: a narrower model with the same operators per block, for CPU checks)."""
     cfg = {k: v for k, v in tiny_config.items() if not k.startswith("_")}
     cfg.update(ARCHITECTURES[name].config)
     for key in TEXT_WIDTHS:
@@ -45,11 +45,19 @@ def real_config(name: str, tiny_config: dict, layers: int | None = None) -> dict
             cfg["num_single_layers"] = layers
         if cfg.get("dual_attention_layers"):
             cfg["dual_attention_layers"] = tuple(i for i in cfg["dual_attention_layers"] if i < layers)
+    if heads is not None:
+        width = heads * cfg["attention_head_dim"]
+        cfg["num_attention_heads"] = heads
+        if "cross_attention_dim" in cfg:  # SANA: cross-attention at the model width
+            cfg.update(num_cross_attention_heads=heads, cross_attention_head_dim=cfg["attention_head_dim"],
+                       cross_attention_dim=width)
+        if "caption_projection_dim" in cfg:  # SD3: text tokens projected to the model width
+            cfg["caption_projection_dim"] = width
     return cfg
 
 
 def build_snapshot(name: str, out: Path, *, device: str = "cpu", layers: int | None = None,
-                   seed: int = 0) -> tuple[Path, int]:
+                   heads: int | None = None, seed: int = 0) -> tuple[Path, int]:
     """Write ``out / name`` (a diffusers snapshot whose transformer is ``name``'s at full size, random bf16 weights)
     and return it with the resolution that gives the real latent grid."""
     import diffusers
@@ -66,7 +74,7 @@ def build_snapshot(name: str, out: Path, *, device: str = "cpu", layers: int | N
     cls = getattr(diffusers, arch.transformer_class)
     torch.manual_seed(seed)
     with torch.device(device):  # random init on the GPU takes seconds where the CPU takes minutes
-        net = cls.from_config(real_config(name, tiny_cfg, layers))
+        net = cls.from_config(real_config(name, tiny_cfg, layers, heads))
     net.to(torch.bfloat16).save_pretrained(folder / "transformer", max_shard_size="20GB")
     del net
     return folder, arch.latent[1] * ZOO_VAE_FACTOR

@@ -206,6 +206,8 @@ def main() -> int:
     p.add_argument("--real-size", action="store_true",
                    help="build the teacher's transformer at full size with random weights (bench/real_size.py)")
     p.add_argument("--layers", type=int, default=None, help="with --real-size: blocks per stack (a quick CPU check)")
+    p.add_argument("--heads", type=int, default=None,
+                   help="with --real-size: attention heads (narrower, the same operators per block: CPU op counts)")
     p.add_argument("--iters", type=int, default=8, help="iterations timed (the first is warm-up)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -225,7 +227,7 @@ def main() -> int:
 
             t0 = time.perf_counter()
             folder, resolution = build_snapshot(args.teacher, Path(tmp) / "snapshot", device=device,
-                                                layers=args.layers)
+                                                layers=args.layers, heads=args.heads)
             over["resolution"] = str(resolution)
             print(f"built {folder.name} (real-size transformer, random weights) in {time.perf_counter() - t0:.0f} s",
                   flush=True)
