@@ -43,8 +43,10 @@ def plot_scatter(path: Path, sets: dict[str, torch.Tensor], max_points: int = 40
 def plot_losses(path: Path, teacher_losses: list[float], logs: dict[str, list[dict]]) -> None:
     """Teacher flow-matching loss and, per student, the running distance to the data (``energy_*`` keys) and the
     fake-score, generator and adversarial losses against images seen."""
-    energy = sorted({k for log in logs.values() for r in log for k in r if k.startswith("energy_")})
-    keys = (*energy, "loss_fake", "loss_sid", "loss_disc", "loss_adv")
+    energy = sorted({k for log in logs.values() for r in log for k in r
+                     if k.startswith("energy_") and k != "energy_teacher"})
+    present = {k for log in logs.values() for r in log for k in r}
+    keys = (*energy, *(k for k in ("loss_fake", "loss_sid", "loss_disc", "loss_adv") if k in present))
     fig, axes = plt.subplots(1, 1 + len(keys), figsize=(3.6 * (1 + len(keys)), 3.0))
     axes[0].plot(teacher_losses, lw=0.6)
     axes[0].set(title="teacher flow matching", xlabel="iteration", yscale="log")
@@ -55,7 +57,11 @@ def plot_losses(path: Path, teacher_losses: list[float], logs: dict[str, list[di
                 ax.plot(*zip(*pts, strict=True), lw=0.6, label=name)
         ax.set(title=key.replace("energy_", "energy distance, "), xlabel="kimg")
         if key.startswith("energy_"):
-            ax.set_yscale("log")
+            # U-statistics can dip below zero near the floor: symlog keeps them; the teacher's level for scale
+            ax.set_yscale("symlog", linthresh=1e-5)
+            level = next((r["energy_teacher"] for log in logs.values() for r in log if "energy_teacher" in r), None)
+            if level is not None:
+                ax.axhline(level, color="k", ls="--", lw=0.6, label="teacher")
         if key in ("loss_fake", "loss_sid"):
             ax.set_yscale("symlog", linthresh=1e-4)
     axes[1].legend(fontsize=6)
