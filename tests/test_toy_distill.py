@@ -97,3 +97,17 @@ def test_monitor_rows_and_bad_settings(world_and_teacher):
         DistillConfig(setting="data-rich")
     with pytest.raises(ValueError, match="weighting"):
         SiDConfig(weighting="sid_default")
+
+
+def test_generator_ema_is_the_running_average_of_the_iterates(world_and_teacher):
+    world, teacher, _ = world_and_teacher
+    run = dict(batch=16, lr_decay=1.0)  # constant rate: runs of 1, 2 and 3 iterations share their first steps
+    g1, g2, g3 = (distill(teacher, world, SiDConfig(), DistillConfig(iters=n, **run), progress=False)[0]
+                  for n in (1, 2, 3))
+    ema, _ = distill(teacher, world, SiDConfig(), DistillConfig(iters=3, ema=0.5, **run), progress=False)
+    weights = ((teacher, 0.125), (g1, 0.125), (g2, 0.25), (g3, 0.5))  # starts at the teacher, halves each step
+    for name, value in ema.state_dict().items():
+        expected = sum(w * net.state_dict()[name] for net, w in weights)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="ema must be in"):
+        DistillConfig(ema=1.0)

@@ -23,6 +23,14 @@ from .teacher import Bound
 SETTINGS = ("data-free", "data-aided")
 
 
+def default_iters(dim: int) -> int:
+    """Distillation iterations for a world of dimension ``dim``: 8,000 in 2-D, 4,000 above. In 2-D the energy
+    distance resolves the teacher's error (its distance sits ~10x above the estimator's floor), so staying within
+    1.5x of it asks the student to converge further; the 1-step student gains most (2-D seed 0: 2.35x -> 1.06x of
+    the teacher from 4,000 to 8,000 iterations). In 16-D the teacher's error is larger and 4,000 suffice."""
+    return 8000 if dim <= 2 else 4000
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     setting: str = "data-free"
@@ -40,6 +48,9 @@ class DistillConfig:
     # The generator is frozen for the first 2% of images, SiD-only until 4%, then half SiD, half adversarial.
     freeze_fraction: float = 0.02
     mix_fraction: float = 0.04
+    # Exponential moving average of the generator's weights, decay per iteration (0 = off, the official code's
+    # choice). The returned and monitored generator is the average when on.
+    ema: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -50,6 +61,8 @@ class DistillConfig:
                              f"{self.mix_fraction}")
         if not (self.lr > 0 and self.glr > 0):
             raise ValueError(f"learning rates must be > 0, got lr={self.lr}, glr={self.glr}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         for name in ("iters", "batch"):
@@ -91,6 +104,7 @@ def distill(
     gen = copy.deepcopy(init_generator if init_generator is not None else teacher).train()
     fake = copy.deepcopy(init_fake if init_fake is not None else teacher).train()
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.glr, betas=(0.0, 0.999))
+    ema = copy.deepcopy(gen).requires_grad_(False) if cfg.ema > 0 else None
     opt_f = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=(0.0, 0.999))
     B, nimg, log = cfg.batch, 0, []
     half = cfg.iters // 2
@@ -144,6 +158,9 @@ def distill(
             (out_g.loss / B).backward()
             _sanitize(gen.parameters())
             opt_g.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(ema.parameters()), list(gen.parameters()), 1 - cfg.ema)
             stats_g = out_g.stats
         nimg += B
         last = it == cfg.iters - 1
@@ -152,7 +169,7 @@ def distill(
             row = {"iter": it, "nimg": nimg, "steps": steps, **out_f.stats, **stats_g}
             if due:
                 gen.eval()
-                row.update(monitor(gen))
+                row.update(monitor(gen if ema is None else ema.eval()))
                 gen.train()
             log.append(row)
-    return gen.requires_grad_(False).eval(), log
+    return (gen if ema is None else ema).requires_grad_(False).eval(), log
