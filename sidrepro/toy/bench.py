@@ -76,8 +76,8 @@ def _labels(data: GaussianMixture, n: int, g: torch.Generator, conditional: bool
     return labels if conditional else torch.full_like(labels, data.null_label)
 
 
-SW2_SAMPLES = 20_000
-MONITOR_SAMPLES = 50_000  # sliced W2 sorts 512 projections: on a subset, as in earlier sessions
+SW2_SAMPLES = 20_000  # sliced W2 sorts 512 projections: on a subset, as in earlier sessions
+MONITOR_SAMPLES = 50_000  # the running distance during training (see _train_students)
 
 
 def _distances(x: torch.Tensor, ref: EnergyReference | SlicedEnergyReference, data: GaussianMixture
