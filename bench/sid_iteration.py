@@ -33,6 +33,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -46,7 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from sidrepro.commands.distill import teacher_folder
 from sidrepro.distill.config import parse_overrides, resolve_config
 from sidrepro.distill.memory import CUDA_OVERHEAD_GB, GB, estimate
-from sidrepro.distill.trainer import autocast, train
+from sidrepro.distill.trainer import autocast, set_allocator_defaults, train
 from sidrepro.flow import interpolate, x0_from_velocity
 from sidrepro.sid.losses import generator_loss
 from sidrepro.teachers.load import load_teacher
@@ -146,10 +147,10 @@ def _count_ops(fn, device: torch.device, repeats: int) -> tuple[float, float]:
 
 class HostWork:
     """Per-iteration rows of the trainer with the host-side work the device does not see: garbage-collection
-    pauses (``gc_ms``), on CUDA the memory segments the caching allocator had to request from the driver
+    pauses (``gc_ms``), on CUDA the new memory segments the caching allocator requested from the driver
     (``cuda_mallocs``: each a slow call, and a full synchronisation when it first has to free cached blocks,
-    counted in ``alloc_retries``) and, with ``count_ops``, operators dispatched (``ops``). ``mark`` is the
-    trainer's ``on_iteration`` callback."""
+    counted in ``alloc_retries``; growing an expandable segment is not a new segment) and, with ``count_ops``,
+    operators dispatched (``ops``). ``mark`` is the trainer's ``on_iteration`` callback."""
 
     def __init__(self, count_ops: bool = False) -> None:
         self.rows: list[dict] = []
@@ -218,6 +219,7 @@ def main() -> int:
                    help="also count the aten operators each iteration and the floor dispatch (a device-independent "
                         "measure of the loop's extra kernel launches; slows the timed run, so time without it)")
     args = p.parse_args()
+    set_allocator_defaults()  # as `sidrepro distill` does
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         over: dict[str, str] = {}
@@ -279,6 +281,7 @@ def main() -> int:
               "ratio_min": min(ratios["best"]), "ratio_max": max(ratios["best"]),
               "ratio_median_typical_floor": statistics.median(ratios["typical"]), "gc_ms_median": gc_ms,
               "cuda_mallocs": mallocs, "alloc_retries": retries,
+              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
               "iterations": len(rows)}
     if op_floor is not None:
         op_ratios = [r["ops"] / op_floor[r["steps"]] for r in rows]

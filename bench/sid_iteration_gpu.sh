@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The trainer's GPU figures in one go: bench/sid_iteration.py on real-size, random-weight SANA-1.6B (512 px latent
 # grid, micro-batch 8) and SD3-Medium (1024 px, micro-batch 2), each in AMP and in pure bf16, one micro-batch per
-# iteration; SANA-1.6B in AMP also with the caching allocator's expandable segments (fewer cudaMalloc calls when
-# block sizes vary). Each run appends a JSON line to OUT/sid_iteration.jsonl; a run that fails or times out does
-# not stop the next. SD3-Medium in AMP needs about 70 GB on one GPU (memory model): an 80 GB card may run short.
+# iteration, with the caching allocator's expandable segments as `sidrepro distill` sets them; SANA-1.6B in AMP also
+# with fixed segments (new cudaMalloc calls in steady state, since the phases' block sizes differ). Each run appends
+# a JSON line to OUT/sid_iteration.jsonl; a run that fails or times out does not stop the next. SD3-Medium in AMP
+# needs about 70 GB on one GPU (memory model): an 80 GB card may run short.
 #
 #   bash bench/sid_iteration_gpu.sh OUT [extra sid_iteration.py arguments]
 #
@@ -25,7 +26,7 @@ run() {  # LIMIT_S ALLOC_CONF ARGS...
 teachers=" ${TEACHERS:-sana-1.6b sd3-medium} "
 if [[ $teachers == *" sana-1.6b "* ]]; then
     run 150 "" --teacher sana-1.6b --set batch=8 "$@"
-    run 150 "expandable_segments:True" --teacher sana-1.6b --set batch=8 "$@"
+    run 150 "expandable_segments:False" --teacher sana-1.6b --set batch=8 "$@"
     run 120 "" --teacher sana-1.6b --set batch=8 --set precision=bf16 "$@"
 fi
 if [[ $teachers == *" sd3-medium "* ]]; then

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from sidrepro.distill.config import resolve_config
 from sidrepro.distill.export import export_student, generate_images
-from sidrepro.distill.trainer import train
+from sidrepro.distill.trainer import ALLOC_CONF, set_allocator_defaults, train
 from sidrepro.teachers.load import load_teacher
 
 PROMPTS = ["a red cube on a table", "two cats asleep", "a lighthouse at dusk", "a bowl of fruit",
@@ -72,7 +72,7 @@ def _distill_cmd(run: Path, prompt_file: Path, zoo: Path, kimg: str) -> list[str
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_zoo, prompt_file, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"} | {"OMP_NUM_THREADS": "1"}
     zoo = tiny_zoo["tiny-sd3"]
     # Uninterrupted: 6 iterations of 4 images (checkpoints at 12 and 24 images).
     subprocess.run(_distill_cmd(tmp_path / "a", prompt_file, zoo, "0.024"), check=True, env=env, timeout=300)
@@ -87,11 +87,22 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_zoo, prompt_file,
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "b" / "checkpoints" / "ckpt-0000000024" / "COMPLETE").exists()
     subprocess.run(_distill_cmd(tmp_path / "b", prompt_file, zoo, "0.024"), check=True, env=env, timeout=300)
+    # The command sets the CUDA allocator's default before anything allocates, and the run records it.
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["cuda_alloc_conf"] == ALLOC_CONF
     a = tmp_path / "a" / "checkpoints" / "ckpt-0000000024"
     b = tmp_path / "b" / "checkpoints" / "ckpt-0000000024"
     for name in ("generator", "fake"):
         wa, wb = _weights(a, name), _weights(b, name)
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+
+def test_allocator_default_leaves_a_users_setting_alone(monkeypatch):
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    set_allocator_defaults()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    set_allocator_defaults()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == ALLOC_CONF == "expandable_segments:True"
 
 
 def test_changed_settings_never_resume_a_run(tiny_zoo, prompt_file, tmp_path):

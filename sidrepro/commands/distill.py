@@ -90,6 +90,9 @@ def _relaunch(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
+    from ..distill.trainer import set_allocator_defaults
+
+    set_allocator_defaults()  # before any CUDA allocation, and inherited by the ranks of a relaunch
     if (args.nproc > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
     import torch
