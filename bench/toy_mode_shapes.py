@@ -1,0 +1,86 @@
+"""Per-mode shapes of a toy run's teacher and students: where a 2-D energy distance comes from.
+
+For each mixture component (label) the script samples the model conditioned on that label and compares the sample
+mean and covariance with the component's own, in the component's whitened coordinates: the mean shift in units
+of its standard deviation, and the eigenvalues of the whitened sample covariance (1 = the right shape; 0.5 = half
+the variance along that axis). The energy distance folds all of this into one number; this says which modes are
+displaced, too narrow or too wide, and whether a student copies its teacher's shape errors or makes its own.
+
+    python bench/toy_mode_shapes.py runs/toy [--samples 20000] [--seed 5]
+
+Needs a conditional run folder written by ``sidrepro toy`` (``result.json`` and ``models.pt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from sidrepro.sid.sampler import generate
+from sidrepro.toy.bench import _config_from_dict
+from sidrepro.toy.mixture import GaussianMixture, make_world
+from sidrepro.toy.nets import VelocityMLP
+from sidrepro.toy.teacher import Bound, euler_sample
+
+
+def mode_shape(x: torch.Tensor, world: GaussianMixture, k: int) -> tuple[float, list[float]]:
+    """(mean shift in standard deviations, whitened covariance eigenvalues) of samples ``x`` of component ``k``."""
+    x = x.double()
+    whiten = torch.linalg.inv(torch.linalg.cholesky(world.covs[k].double()))
+    shift = float((whiten @ (x.mean(0) - world.means[k].double())).norm())
+    eig = torch.linalg.eigvalsh(whiten @ torch.cov(x.T) @ whiten.T)
+    return shift, eig.tolist()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="a `sidrepro toy` output folder")
+    p.add_argument("--samples", type=int, default=20_000, help="samples per component and model")
+    p.add_argument("--seed", type=int, default=5)
+    args = p.parse_args()
+    result = json.loads((args.run / "result.json").read_text())
+    cfg = _config_from_dict(result["config"])
+    if not cfg.conditional:
+        raise SystemExit(f"{args.run} distilled the unconditional model: per-mode shapes need labels")
+    world = make_world(cfg.world)
+    saved = torch.load(args.run / "models.pt", weights_only=True)
+
+    def net(state: dict) -> VelocityMLP:
+        m = VelocityMLP(world.dim, world.modes, cfg.teacher.hidden, cfg.teacher.depth)
+        m.load_state_dict(state)
+        return m.eval().requires_grad_(False)
+
+    g = torch.Generator().manual_seed(args.seed)
+    n = args.samples
+    models = [("teacher", net(saved["teacher"]), "", [cfg.teacher_steps])]
+    for name, state in saved["students"].items():
+        noise = name.rstrip(")").split("(")[1]
+        models.append((name, net(state), noise, sorted({1, cfg.num_steps})))
+    print(f"{args.run}: {world.modes} modes; per mode: mean shift (std units) | whitened covariance eigenvalues")
+    for name, m, noise, step_list in models:
+        for steps in step_list:
+            shifts, eigs = [], []
+            for k in range(world.modes):
+                labels = torch.full((n,), k)
+                with torch.no_grad():
+                    if not noise:
+                        x = euler_sample(m, labels, steps=steps, scale=cfg.guidance, generator=g)
+                    else:
+                        x = generate(Bound(m, labels).velocity, torch.randn(n, world.dim, generator=g), steps,
+                                     num_steps=cfg.num_steps, noise=noise, generator=g)
+                shift, eig = mode_shape(x, world, k)
+                shifts.append(shift)
+                eigs.append(eig)
+            worst = max(max(abs(torch.tensor(e).log()).tolist()) for e in eigs)
+            print(f"{name:28s} {steps:2d} steps  shift " + " ".join(f"{s:.2f}" for s in shifts)
+                  + f"  (max {max(shifts):.2f})")
+            print(f"{'':38s}  eig   " + " ".join(f"{min(e):.2f}-{max(e):.2f}" for e in eigs)
+                  + f"  (worst factor {float(torch.tensor(worst).exp()):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
