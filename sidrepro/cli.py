@@ -58,8 +58,6 @@ def _add_toy(sub) -> None:
     d.add_argument("--ema", type=float, default=None,
                    help="EMA decay per iteration of the generator's weights (default 0: none, as the official code)")
     d.add_argument("--guidance", type=float, default=1.0, help="CFG scale for teacher and fake net (default 1)")
-    d.add_argument("--time-mean", type=float, default=None,
-                   help="mean of the logit-normal distillation time law (default ln 2, the spec's)")
     d.add_argument("--teacher-iters", type=_positive_int, default=None, help="teacher training iterations")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-samples", type=_positive_int, default=None,
@@ -90,7 +88,7 @@ def _run_toy(args: argparse.Namespace) -> int:
                         min_std=args.min_std, max_std=args.max_std), bias=args.bias,
         conditional=not args.unconditional, guidance=args.guidance, settings=args.settings, noises=args.noise,
         num_steps=args.steps, teacher=teacher, distill=DistillConfig(seed=args.seed, **distill_kw),
-        **({} if args.time_mean is None else {"time_mean": args.time_mean}), **eval_kw,
+        **eval_kw,
     )
     result = run(cfg, args.out, progress=not args.quiet)
     print(format_table(result))

@@ -14,7 +14,6 @@ import torch
 from ..atomic import write_text_atomic
 from ..sid.method import SiDConfig
 from ..sid.sampler import check_noise, generate
-from ..sid.time_law import TIME_MEAN
 from .distill import SETTINGS, DistillConfig, distill
 from .metrics import EnergyReference, SlicedEnergyReference, mode_weight_error, sliced_w2
 from .mixture import GaussianMixture, WorldSpec, make_world
@@ -34,8 +33,6 @@ class ToyBenchConfig:
     settings: tuple[str, ...] = SETTINGS
     noises: tuple[str, ...] = ("fresh", "fixed", "ddim")
     num_steps: int = 4
-    # Mean of the logit-normal distillation time law (spec: ln 2, median t = 2/3, for image latents of unit scale).
-    time_mean: float = TIME_MEAN
     teacher_steps: int = 32
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -119,7 +116,7 @@ def _train_students(cfg: ToyBenchConfig, teacher: VelocityMLP, truth: GaussianMi
     """Data-free students, one per noise type; then the data-aided one, continuing from the data-free student
     of the first noise type, as the paper continues from its data-free checkpoint."""
     sid_base = dict(num_steps=cfg.num_steps, cfg_train_fake=cfg.guidance, cfg_eval_fake=cfg.guidance,
-                    cfg_eval_real=cfg.guidance, time_mean=cfg.time_mean)
+                    cfg_eval_real=cfg.guidance)
     jobs = [("data-free", noise) for noise in cfg.noises if "data-free" in cfg.settings]
     if "data-aided" in cfg.settings:
         jobs.append(("data-aided", cfg.noises[0]))
