@@ -53,8 +53,10 @@ def _add_toy(sub) -> None:
     d.add_argument("--iters", type=_positive_int, default=None,
                    help="iterations per student (default 8000 in 2-D, 4000 above)")
     d.add_argument("--batch", type=_positive_int, default=None, help="batch size")
-    d.add_argument("--lr", type=float, default=None, help="learning rate of the fake-score network")
-    d.add_argument("--glr", type=float, default=None, help="learning rate of the generator")
+    d.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the fake-score network (default 3e-4 in 2-D, 6e-4 above)")
+    d.add_argument("--glr", type=float, default=None,
+                   help="learning rate of the generator (default 1.5e-4 in 2-D, 3e-4 above)")
     d.add_argument("--ema", type=float, default=None,
                    help="EMA decay per iteration of the generator's weights (default 0: none, as the official code)")
     d.add_argument("--guidance", type=float, default=1.0, help="CFG scale for teacher and fake net (default 1)")
@@ -74,12 +76,12 @@ def _run_toy(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .toy.bench import ToyBenchConfig, all_passed, format_table, run
-    from .toy.distill import DistillConfig, default_iters
+    from .toy.distill import DistillConfig, dimension_defaults
     from .toy.teacher import TeacherConfig
     from .toy.world_spec import WorldSpec
 
-    distill_kw = {k: v for k, v in (("iters", args.iters or default_iters(args.dim)), ("batch", args.batch),
-                                     ("lr", args.lr), ("glr", args.glr), ("ema", args.ema)) if v is not None}
+    given = {"iters": args.iters, "batch": args.batch, "lr": args.lr, "glr": args.glr, "ema": args.ema}
+    distill_kw = {**dimension_defaults(args.dim), **{k: v for k, v in given.items() if v is not None}}
     eval_kw = {k: v for k, v in (("eval_samples", args.eval_samples), ("eval_repeats", args.eval_repeats))
                if v is not None}
     teacher = TeacherConfig() if args.teacher_iters is None else replace(TeacherConfig(), iters=args.teacher_iters)

@@ -52,7 +52,10 @@ def test_tiny_toy_run_writes_result_config_and_plots(tmp_path):
         ("data-free", "fresh", 1), ("data-free", "fresh", 4), ("data-free", "ddim", 1), ("data-free", "ddim", 4),
         ("data-aided", "fresh", 1), ("data-aided", "fresh", 4)]
     assert result["floor"]["energy"]["std"] >= 0 and result["teacher"]["field_error"] > 0
-    assert json.loads((out / "config.json").read_text())["world"]["modes"] == 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["world"]["modes"] == 3
+    # 2-D: the given iterations, the 2-D learning rates (half the rates used above 2-D).
+    assert (config["distill"]["iters"], config["distill"]["lr"], config["distill"]["glr"]) == (30, 3e-4, 1.5e-4)
     for name in ("samples.png", "losses.png", "train_log.json"):
         assert (out / name).stat().st_size > 0
     assert not list(out.glob("*.tmp*"))
