@@ -243,15 +243,23 @@ def _config_from_dict(d: dict) -> ToyBenchConfig:
                              "distill": DistillConfig(**d["distill"])})
 
 
-def rescore(run_dir: Path, *, eval_samples: int, eval_repeats: int, eval_seed: int = 10_000,
-            eval_directions: int = 64) -> dict:
-    """Evaluate the networks a run saved (``models.pt``) anew, with other sample sizes or evaluation seeds; the
-    result is written to ``run_dir/rescore-n{eval_samples}-r{eval_repeats}-s{eval_seed}.json``."""
-    old = json.loads((run_dir / "result.json").read_text())
-    cfg = replace(_config_from_dict(old["config"]), eval_samples=eval_samples, eval_repeats=eval_repeats,
-                  eval_seed=eval_seed, eval_directions=eval_directions)
+@dataclass
+class SavedRun:
+    """A finished run read back from its folder: its config (as ``result.json`` records it), the true world, the
+    teacher and the students (networks in eval mode, without gradients)."""
+
+    cfg: ToyBenchConfig
+    result: dict
+    truth: GaussianMixture
+    teacher: VelocityMLP
+    students: list[Student]
+
+
+def load_run(run_dir: Path) -> SavedRun:
+    """Read a run folder written by :func:`run` (``result.json`` and ``models.pt``)."""
+    result = json.loads((run_dir / "result.json").read_text())
+    cfg = _config_from_dict(result["config"])
     truth = make_world(cfg.world)
-    teacher_world = truth.biased(cfg.bias, cfg.world.seed) if cfg.bias > 0 else truth
     saved = torch.load(run_dir / "models.pt", weights_only=True)
 
     def net(state: dict) -> VelocityMLP:
@@ -259,13 +267,25 @@ def rescore(run_dir: Path, *, eval_samples: int, eval_repeats: int, eval_seed: i
         m.load_state_dict(state)
         return m.eval().requires_grad_(False)
 
-    seconds = {s["name"]: s["train_seconds"] for s in old["students"]}
+    seconds = {s["name"]: s["train_seconds"] for s in result["students"]}
     students = []
     for name, state in saved["students"].items():
         setting, noise = name.removeprefix("SiD ").rstrip(")").split(" (")
         students.append(Student(name, setting, noise, net(state), [], seconds.get(name, float("nan"))))
+    return SavedRun(cfg, result, truth, net(saved["teacher"]), students)
+
+
+def rescore(run_dir: Path, *, eval_samples: int, eval_repeats: int, eval_seed: int = 10_000,
+            eval_directions: int = 64) -> dict:
+    """Evaluate the networks a run saved (``models.pt``) anew, with other sample sizes or evaluation seeds; the
+    result is written to ``run_dir/rescore-n{eval_samples}-r{eval_repeats}-s{eval_seed}.json``."""
+    saved = load_run(run_dir)
+    cfg = replace(saved.cfg, eval_samples=eval_samples, eval_repeats=eval_repeats, eval_seed=eval_seed,
+                  eval_directions=eval_directions)
+    teacher_world = saved.truth.biased(cfg.bias, cfg.world.seed) if cfg.bias > 0 else saved.truth
     t0 = time.time()
-    result, _ = _assemble(cfg, truth, teacher_world, net(saved["teacher"]), old["teacher"]["train_seconds"], students)
+    result, _ = _assemble(cfg, saved.truth, teacher_world, saved.teacher, saved.result["teacher"]["train_seconds"],
+                          saved.students)
     result["wall_seconds"] = time.time() - t0
     write_text_atomic(run_dir / f"rescore-n{eval_samples}-r{eval_repeats}-s{eval_seed}.json",
                       json.dumps(result, indent=2) + "\n")
