@@ -13,7 +13,18 @@ if ! command -v "$PY" >/dev/null; then
   echo "error: $PY not found; sidrepro needs Python 3.11 (set SIDREPRO_PYTHON to its path)" >&2
   exit 2
 fi
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  # A fresh .venv takes ~6.5 GB (torch's CUDA build, which torchvision needs): refuse at once rather than stop
+  # half-installed with "No space left on device" minutes later.
+  need_gb=${SIDREPRO_VENV_FREE_GB:-7}
+  free_gb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    echo "error: a new .venv needs about $need_gb GB of free disk in $PWD, but $free_gb GB are free;" \
+      "free some (old clones, work/, ~/.cache/pip) and rerun" >&2
+    exit 2
+  fi
+  "$PY" -m venv .venv
+fi
 echo "setting up .venv (pinned; first time takes a few minutes)..." >&2
 .venv/bin/python -m pip install --quiet -r env/requirements.txt -c env/constraints.txt
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
