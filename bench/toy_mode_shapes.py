@@ -5,6 +5,8 @@ mean and covariance with the component's own, in the component's whitened coordi
 of its standard deviation, and the eigenvalues of the whitened sample covariance (1 = the right shape; 0.5 = half
 the variance along that axis). The energy distance folds all of this into one number; this says which modes are
 displaced, too narrow or too wide, and whether a student copies its teacher's shape errors or makes its own.
+``result.json`` carries the same figures from the evaluation's first sample set (``shape``); this script draws
+a fixed number of samples per component instead, so that rare components are measured as well as common ones.
 
     python bench/toy_mode_shapes.py runs/toy [--samples 20000] [--seed 5]
 
@@ -20,17 +22,8 @@ import torch
 
 from sidrepro.sid.sampler import generate
 from sidrepro.toy.bench import load_run
-from sidrepro.toy.mixture import GaussianMixture
+from sidrepro.toy.metrics import mode_shape
 from sidrepro.toy.teacher import Bound, euler_sample
-
-
-def mode_shape(x: torch.Tensor, world: GaussianMixture, k: int) -> tuple[float, list[float]]:
-    """(mean shift in standard deviations, whitened covariance eigenvalues) of samples ``x`` of component ``k``."""
-    x = x.double()
-    whiten = torch.linalg.inv(torch.linalg.cholesky(world.covs[k].double()))
-    shift = float((whiten @ (x.mean(0) - world.means[k].double())).norm())
-    eig = torch.linalg.eigvalsh(whiten @ torch.cov(x.T) @ whiten.T)
-    return shift, eig.tolist()
 
 
 def main() -> int:

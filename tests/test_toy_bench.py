@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sidrepro.toy.bench import ToyBenchConfig, _summary, _verdict, ratio_with_error, rescore, run
+from sidrepro.toy.bench import ToyBenchConfig, _summary, _verdict, format_table, ratio_with_error, rescore, run
 from sidrepro.toy.distill import DistillConfig
 from sidrepro.toy.mixture import WorldSpec
 from sidrepro.toy.teacher import TeacherConfig
@@ -71,6 +71,8 @@ def test_tiny_run_reports_errors_and_rescores_from_saved_networks(tmp_path):
     assert all(math.isfinite(x["ratio_to_teacher"]) for x in result["students"])
     again = rescore(tmp_path, eval_samples=300, eval_repeats=3)  # same evaluation seeds: same figures
     assert again["students"][0]["distance"]["energy"]["mean"] == pytest.approx(s["distance"]["energy"]["mean"])
+    assert again["students"][0]["shape"]["shift_max"] == pytest.approx(s["shape"]["shift_max"])
+    assert "worst mode" in format_table(result)
     other = rescore(tmp_path, eval_samples=200, eval_repeats=2, eval_seed=5)
     assert json.loads((tmp_path / "rescore-n200-r2-s5.json").read_text())["config"]["eval_seed"] == 5
     assert other["floor"]["energy"]["mean"] != result["floor"]["energy"]["mean"]

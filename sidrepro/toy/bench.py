@@ -15,7 +15,7 @@ from ..atomic import write_text_atomic
 from ..sid.method import SiDConfig
 from ..sid.sampler import check_noise, generate
 from .distill import SETTINGS, DistillConfig, distill
-from .metrics import EnergyReference, SlicedEnergyReference, mode_weight_error, sliced_w2
+from .metrics import EnergyReference, SlicedEnergyReference, mode_shapes, mode_weight_error, sliced_w2
 from .mixture import GaussianMixture, WorldSpec, make_world
 from .nets import VelocityMLP
 from .teacher import Bound, TeacherConfig, euler_sample, field_error, train_teacher
@@ -154,25 +154,37 @@ def _train_students(cfg: ToyBenchConfig, teacher: VelocityMLP, truth: GaussianMi
     return students
 
 
+@dataclass
+class _Evaluation:
+    floor_rows: list[dict[str, float]] = field(default_factory=list)
+    teacher_rows: list[dict[str, float]] = field(default_factory=list)
+    student_rows: dict[tuple[str, int], list[dict[str, float]]] = field(default_factory=dict)
+    plot_sets: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Per-mode shapes from the first repeat's samples, keyed like student_rows ("teacher" for the teacher);
+    # conditional runs only: the label a sample was drawn for names its component.
+    shapes: dict[tuple[str, int], dict] = field(default_factory=dict)
+
+
 def _evaluate(cfg: ToyBenchConfig, teacher: VelocityMLP, truth: GaussianMixture, students: list[Student]
-              ) -> tuple[list[dict], list[dict], dict[tuple[str, int], list[dict]], dict[str, torch.Tensor]]:
+              ) -> _Evaluation:
     """Distances of the floor, the teacher and every student, on independent sample sets per repeat. The floor is
     the distance between two true samples of the same size."""
     n = cfg.eval_samples
-    floor_rows, teacher_rows = [], []
-    student_rows: dict[tuple[str, int], list[dict[str, float]]] = {}
-    plot_sets: dict[str, torch.Tensor] = {}
+    ev = _Evaluation()
+    floor_rows, teacher_rows, student_rows = ev.floor_rows, ev.teacher_rows, ev.student_rows
     for r in range(cfg.eval_repeats):
         g = torch.Generator().manual_seed(cfg.eval_seed + r)
         # Its sorted projections and within-sample sums serve every model of this repeat.
         ref = SlicedEnergyReference(truth.sample(n, g)[0], directions=cfg.eval_directions, generator=g)
         ref2, _ = truth.sample(n, g)
         floor_rows.append(_distances(ref2, ref, truth))
-        xt = euler_sample(teacher, _labels(truth, n, g, cfg.conditional), steps=cfg.teacher_steps,
-                          scale=cfg.guidance, generator=g)
+        labels = _labels(truth, n, g, cfg.conditional)
+        xt = euler_sample(teacher, labels, steps=cfg.teacher_steps, scale=cfg.guidance, generator=g)
         teacher_rows.append(_distances(xt, ref, truth))
         if r == 0:
-            plot_sets = {"data": ref.y, f"teacher ({cfg.teacher_steps}-step Euler)": xt}
+            ev.plot_sets = {"data": ref.y, f"teacher ({cfg.teacher_steps}-step Euler)": xt}
+            if cfg.conditional:
+                ev.shapes[("teacher", cfg.teacher_steps)] = mode_shapes(xt, labels, truth)
         for s in students:
             for k in sorted({1, cfg.num_steps}):
                 labels = _labels(truth, n, g, cfg.conditional)
@@ -180,9 +192,11 @@ def _evaluate(cfg: ToyBenchConfig, teacher: VelocityMLP, truth: GaussianMixture,
                     x = generate(Bound(s.net, labels).velocity, torch.randn(n, truth.dim, generator=g), k,
                                  num_steps=cfg.num_steps, noise=s.noise, generator=g)
                 student_rows.setdefault((s.name, k), []).append(_distances(x, ref, truth))
+                if r == 0 and cfg.conditional:
+                    ev.shapes[(s.name, k)] = mode_shapes(x, labels, truth)
                 if r == 0 and k == cfg.num_steps:
-                    plot_sets[f"{s.name}, {k} steps"] = x
-    return floor_rows, teacher_rows, student_rows, plot_sets
+                    ev.plot_sets[f"{s.name}, {k} steps"] = x
+    return ev
 
 
 def run(cfg: ToyBenchConfig, out: Path | None = None, *, progress: bool = True) -> dict:
@@ -208,12 +222,13 @@ def _assemble(cfg: ToyBenchConfig, truth: GaussianMixture, teacher_world: Gaussi
               teacher_seconds: float, students: list[Student]) -> tuple[dict, dict[str, torch.Tensor]]:
     """Evaluate every model and build the result dict (all keys but ``wall_seconds``)."""
     t_eval = time.time()
-    floor_rows, teacher_rows, student_rows, plot_sets = _evaluate(cfg, teacher, truth, students)
-    floor, teacher_d = _summary(floor_rows), _summary(teacher_rows)
+    ev = _evaluate(cfg, teacher, truth, students)
+    teacher_rows = ev.teacher_rows
+    floor, teacher_d = _summary(ev.floor_rows), _summary(teacher_rows)
     result_students = []
     for s in students:
         for k in sorted({1, cfg.num_steps}):
-            rows = student_rows[(s.name, k)]
+            rows = ev.student_rows[(s.name, k)]
             d = _summary(rows)
             ratio, ratio_se = ratio_with_error([r["energy"] for r in rows], [r["energy"] for r in teacher_rows])
             result_students.append({
@@ -223,6 +238,7 @@ def _assemble(cfg: ToyBenchConfig, truth: GaussianMixture, teacher_world: Gaussi
                 "verdict": _verdict(s.setting, cfg.bias, d, teacher_d, floor, ratio_se),
                 "train_seconds": s.seconds, "iters": cfg.distill.iters,
                 "images_seen": cfg.distill.iters * cfg.distill.batch,
+                "shape": ev.shapes.get((s.name, k)),
             })
     result = {
         "config": asdict(cfg),
@@ -230,11 +246,12 @@ def _assemble(cfg: ToyBenchConfig, truth: GaussianMixture, teacher_world: Gaussi
         "floor": floor,
         "teacher": {"distance": teacher_d, "steps": cfg.teacher_steps, "train_seconds": teacher_seconds,
                     "field_error": field_error(teacher, truth, conditional=cfg.conditional),
-                    "field_error_own_world": field_error(teacher, teacher_world, conditional=cfg.conditional)},
+                    "field_error_own_world": field_error(teacher, teacher_world, conditional=cfg.conditional),
+                    "shape": ev.shapes.get(("teacher", cfg.teacher_steps))},
         "students": result_students,
         "eval_seconds": time.time() - t_eval,
     }
-    return result, plot_sets
+    return result, ev.plot_sets
 
 
 def _config_from_dict(d: dict) -> ToyBenchConfig:
@@ -333,22 +350,30 @@ def format_table(result: dict) -> str:
     def cell(d: dict) -> str:
         return f"{d['mean']:.2e} ± {d.get('se', d['std']):.1e}"
 
+    def shape(d: dict) -> str:
+        sh = d.get("shape")
+        return f"{sh['shift_max']:.2f} / {sh['axis_factor_max']:.2f}x" if sh else "-"
+
     rows = [("true data (floor)", "-", cell(result["floor"]["energy"]), "-", cell(result["floor"]["sliced_w2"]),
-             f"{result['floor']['mode_tv']['mean']:.3f}", "")]
+             f"{result['floor']['mode_tv']['mean']:.3f}", "-", "")]
     t = result["teacher"]
     rows.append(("teacher (Euler)", str(t["steps"]), cell(t["distance"]["energy"]), "1.00",
-                 cell(t["distance"]["sliced_w2"]), f"{t['distance']['mode_tv']['mean']:.3f}", ""))
+                 cell(t["distance"]["sliced_w2"]), f"{t['distance']['mode_tv']['mean']:.3f}", shape(t), ""))
     for s in result["students"]:
         ratio = f"{s['ratio_to_teacher']:.2f} ± {s.get('ratio_to_teacher_se', 0.0):.2f}"
         rows.append((s["name"], str(s["steps"]), cell(s["distance"]["energy"]), ratio,
-                     cell(s["distance"]["sliced_w2"]), f"{s['distance']['mode_tv']['mean']:.3f}", s["verdict"]))
-    head = ("model", "steps", "energy dist (U)", "x teacher", "sliced W2", "mode TV", "verdict")
+                     cell(s["distance"]["sliced_w2"]), f"{s['distance']['mode_tv']['mean']:.3f}", shape(s),
+                     s["verdict"]))
+    head = ("model", "steps", "energy dist (U)", "x teacher", "sliced W2", "mode TV", "worst mode", "verdict")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
     lines.insert(1, "-" * len(lines[0]))
     cfg = result["config"]
     lines.append(f"means ± standard errors over {cfg['eval_repeats']} independent sample sets of "
                  f"{cfg['eval_samples']} (fresh data and model draws each)")
+    if t.get("shape"):
+        lines.append("worst mode: the largest mean shift (in the component's standard deviations) / the largest "
+                     "factor an axis's variance is off, over components (first sample set; 1.00x = right width)")
     lines.append(f"teacher field error (relative MSE vs exact velocity): {t['field_error']:.4f}; "
                  f"wall time {result['wall_seconds']:.0f} s")
     return "\n".join(lines)

@@ -170,3 +170,36 @@ def mode_weight_error(x: Tensor, data: GaussianMixture) -> tuple[float, list[flo
     weights; also returns the frequencies."""
     freq = torch.bincount(data.assign(x), minlength=data.modes).double() / x.shape[0]
     return float(0.5 * (freq - data.weights).abs().sum()), freq.tolist()
+
+
+@torch.no_grad()
+def mode_shape(x: Tensor, data: GaussianMixture, k: int) -> tuple[float, list[float]]:
+    """How samples ``x`` of component ``k`` sit against the component itself, in its whitened coordinates: the
+    mean shift in standard deviations, and the eigenvalues of the whitened sample covariance (1 = the right width
+    along that axis; 0.25 = half the standard deviation)."""
+    x = x.double()
+    whiten = torch.linalg.inv(torch.linalg.cholesky(data.covs[k].double()))
+    shift = float((whiten @ (x.mean(0) - data.means[k].double())).norm())
+    eig = torch.linalg.eigvalsh(whiten @ torch.cov(x.T) @ whiten.T)
+    return shift, eig.tolist()
+
+
+def mode_shapes(x: Tensor, labels: Tensor, data: GaussianMixture) -> dict:
+    """Per component, the shape (:func:`mode_shape`) of the samples drawn for its label, and the worst over
+    components: the largest shift and the largest factor by which an axis's variance is off, wider or narrower
+    (``max(v, 1 / v)`` over the whitened eigenvalues). Components with too few samples for a covariance get None.
+    This says whether a distance comes from modes that are displaced, too narrow or too wide."""
+    per_mode: list[dict | None] = []
+    for k in range(data.modes):
+        xk = x[labels == k]
+        if xk.shape[0] <= 2 * data.dim:
+            per_mode.append(None)
+            continue
+        shift, eig = mode_shape(xk, data, k)
+        per_mode.append({"shift": shift, "eig": eig, "samples": int(xk.shape[0])})
+    seen = [m for m in per_mode if m is not None]
+    if not seen:
+        return {"shift_max": math.nan, "axis_factor_max": math.nan, "per_mode": per_mode}
+    return {"shift_max": max(m["shift"] for m in seen),
+            "axis_factor_max": max(max(v, 1 / v) if v > 0 else math.inf for m in seen for v in m["eig"]),
+            "per_mode": per_mode}
