@@ -54,9 +54,9 @@ def _add_toy(sub) -> None:
                    help="iterations per student (default 8000 in 2-D, 4000 above)")
     d.add_argument("--batch", type=_positive_int, default=None, help="batch size")
     d.add_argument("--lr", type=float, default=None,
-                   help="learning rate of the fake-score network (default 3e-4 in 2-D, 6e-4 above)")
+                   help="learning rate of the fake-score network (default 1.5e-4 in 2-D, 6e-4 above)")
     d.add_argument("--glr", type=float, default=None,
-                   help="learning rate of the generator (default 1.5e-4 in 2-D, 3e-4 above)")
+                   help="learning rate of the generator (default 7.5e-5 in 2-D, 3e-4 above)")
     d.add_argument("--ema", type=float, default=None,
                    help="EMA decay per iteration of the generator's weights (default 0: none, as the official code)")
     d.add_argument("--guidance", type=float, default=1.0, help="CFG scale for teacher and fake net (default 1)")
