@@ -69,7 +69,7 @@ def dimension_defaults(dim: int) -> dict[str, float]:
     7.5e-5). What decides it is the optimiser's jitter: at the full rates 11 of 18 seed-noise-steps students (2-D
     seeds 0-2) missed the bound, seed 1's drawing some modes up to 4.7x too wide or narrow along an axis (the
     per-mode ``shape`` in ``result.json``); at half the rates 17 of 18 passed, at a quarter all 18, the worst at
-    0.73x. Above 2-D, 4,000 iterations at the full rates already pass."""
+    0.75x. Above 2-D, 4,000 iterations at the full rates already pass."""
     if dim <= 2:
         return {"iters": 8000, "lr": 1.5e-4, "glr": 7.5e-5}
     return {"iters": 4000, "lr": DistillConfig.lr, "glr": DistillConfig.glr}
