@@ -22,7 +22,7 @@ import torch
 
 from sidrepro.sid.sampler import generate
 from sidrepro.toy.bench import load_run
-from sidrepro.toy.metrics import mode_shape
+from sidrepro.toy.metrics import mode_shapes
 from sidrepro.toy.teacher import Bound, euler_sample
 
 
@@ -43,23 +43,18 @@ def main() -> int:
     print(f"{args.run}: {world.modes} modes; per mode: mean shift (std units) | whitened covariance eigenvalues")
     for name, m, noise, step_list in models:
         for steps in step_list:
-            shifts, eigs = [], []
-            for k in range(world.modes):
-                labels = torch.full((n,), k)
-                with torch.no_grad():
-                    if not noise:
-                        x = euler_sample(m, labels, steps=steps, scale=cfg.guidance, generator=g)
-                    else:
-                        x = generate(Bound(m, labels).velocity, torch.randn(n, world.dim, generator=g), steps,
-                                     num_steps=cfg.num_steps, noise=noise, generator=g)
-                shift, eig = mode_shape(x, world, k)
-                shifts.append(shift)
-                eigs.append(eig)
-            worst = max(max(v, 1 / v) for e in eigs for v in e)  # the largest factor off, wider or narrower
-            print(f"{name:28s} {steps:2d} steps  shift " + " ".join(f"{s:.2f}" for s in shifts)
-                  + f"  (max {max(shifts):.2f})")
-            print(f"{'':38s}  eig   " + " ".join(f"{min(e):.2f}-{max(e):.2f}" for e in eigs)
-                  + f"  (worst factor {worst:.2f})")
+            labels = torch.arange(world.modes).repeat_interleave(n)  # n samples per component
+            with torch.no_grad():
+                if not noise:
+                    x = euler_sample(m, labels, steps=steps, scale=cfg.guidance, generator=g)
+                else:
+                    x = generate(Bound(m, labels).velocity, torch.randn(len(labels), world.dim, generator=g),
+                                 steps, num_steps=cfg.num_steps, noise=noise, generator=g)
+            sh = mode_shapes(x, labels, world)
+            print(f"{name:28s} {steps:2d} steps  shift " + " ".join(f"{m['shift']:.2f}" for m in sh["per_mode"])
+                  + f"  (max {sh['shift_max']:.2f})")
+            print(f"{'':38s}  eig   " + " ".join(f"{min(m['eig']):.2f}-{max(m['eig']):.2f}" for m in sh["per_mode"])
+                  + f"  (worst factor {sh['axis_factor_max']:.2f})")
     return 0
 
 
