@@ -37,6 +37,13 @@ include: "workflow/rules/geneval.smk"
 include: "workflow/rules/scores.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/prefetch.smk"
+
+
+# Jobs of seconds (merges, grids, curves, tables, small text files) run where Snakemake runs, never as batch jobs:
+# a paper run would otherwise queue ~150 of them behind the GPU jobs. The `localrules:` directive of the names this
+# config defines (prompts and the GenEval rules exist only in some configs).
+workflow.localrules(*(set(LOCAL_RULES) & {rule.name for rule in workflow.rules}))
 
 
 rule all:

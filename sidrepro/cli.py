@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import curves, data, distill, envs, evaluate, geneval, scores, tables, teachers
+from .commands import curves, data, distill, envs, evaluate, geneval, plan, scores, status, tables, teachers
 
 
 def _positive_int(text: str) -> int:
@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     envs.add(sub)
     geneval.add(sub)
     scores.add(sub)
+    status.add(sub)
+    plan.add(sub)
     return parser
 
 

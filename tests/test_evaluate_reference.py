@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -9,6 +10,7 @@ import shutil
 import socket
 import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sidrepro.cli import main
 from sidrepro.evaluate import reference as refmod
 from sidrepro.evaluate.reference import (
     CocoDownloadError,
@@ -27,6 +30,7 @@ from sidrepro.evaluate.reference import (
     reference_stats,
     subset_ids,
 )
+from sidrepro.hashing import file_digest
 
 RES = 32  # small for speed; the real preparation uses 256
 SIZES = {"paper10k": 10, "clean30k": 20, "heldout": 5}
@@ -292,30 +296,64 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_download_from_a_server(coco, tmp_path, monkeypatch):
-    served = tmp_path / "server"
-    (served / "zips").mkdir(parents=True)
-    with zipfile.ZipFile(served / "zips" / "val2014.zip", "w") as zf:
+@contextlib.contextmanager
+def coco_server(coco: tuple[Path, dict], folder: Path, monkeypatch) -> Iterator[None]:
+    """Serve the test COCO as the two official zip archives on 127.0.0.1 and point the download addresses at them."""
+    (folder / "zips").mkdir(parents=True)
+    with zipfile.ZipFile(folder / "zips" / "val2014.zip", "w") as zf:
         for path in sorted((coco[0] / "val2014").iterdir()):
             zf.write(path, f"val2014/{path.name}")
-    with zipfile.ZipFile(served / "annotations_trainval2014.zip", "w") as zf:
+    with zipfile.ZipFile(folder / "annotations_trainval2014.zip", "w") as zf:
         zf.write(coco[0] / "annotations" / "captions_val2014.json", "annotations/captions_val2014.json")
         zf.writestr("annotations/instances_val2014.json", "{}")  # not needed: must not be unpacked
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         monkeypatch.setattr(refmod, "VAL_IMAGES_URL", f"{base}/zips/val2014.zip")
         monkeypatch.setattr(refmod, "ANNOTATIONS_URL", f"{base}/annotations_trainval2014.zip")
-        root = tmp_path / "coco"
-        ref = prepare_coco(root, tmp_path / "ref", resolution=8, download=True)
+        yield
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_download_from_a_server(coco, tmp_path, monkeypatch):
+    root = tmp_path / "coco"
+    with coco_server(coco, tmp_path / "server", monkeypatch):
+        ref = prepare_coco(root, tmp_path / "ref", resolution=8, download=True)
     assert sorted(p.name for p in root.iterdir()) == ["annotations", "val2014"]  # archives deleted after unzip
     assert [p.name for p in (root / "annotations").iterdir()] == ["captions_val2014.json"]
     assert len(list(ref.images_dir.glob("*.png"))) == 40
+
+
+def test_fetch_coco_downloads_only_and_the_preparation_then_needs_no_network(coco, tmp_path, monkeypatch):
+    """`sidrepro fetch-coco` (the workflow's fetch_coco) fills the official layout and writes its stamp; the
+    reference is then prepared with every download address refused."""
+    root, stamp = tmp_path / "coco", tmp_path / "stamps" / "coco.json"
+    with coco_server(coco, tmp_path / "server", monkeypatch):
+        assert main(["fetch-coco", "--coco-dir", str(root), "--stamp", str(stamp)]) == 0
+    assert sorted(p.name for p in root.iterdir()) == ["annotations", "val2014"]  # nothing prepared yet
+    record = json.loads(stamp.read_text())
+    assert record["num_images"] == 40 and record["num_annotations"] == len(coco[1]["annotations"])
+    assert record["captions_json_sha256"] == file_digest(root / "annotations" / "captions_val2014.json")
+
+    port = closed_port()  # the network is gone: a download attempt would fail loudly
+    monkeypatch.setattr(refmod, "VAL_IMAGES_URL", f"http://127.0.0.1:{port}/zips/val2014.zip")
+    monkeypatch.setattr(refmod, "ANNOTATIONS_URL", f"http://127.0.0.1:{port}/annotations_trainval2014.zip")
+    ref = prepare_coco(root, tmp_path / "ref", resolution=8, subset_sizes=SIZES)
+    assert len(list(ref.images_dir.glob("*.png"))) == 40
+
+
+def test_fetch_coco_offline_fails_without_a_stamp(coco, tmp_path, monkeypatch, capsys):
+    port = closed_port()
+    monkeypatch.setattr(refmod, "VAL_IMAGES_URL", f"http://127.0.0.1:{port}/zips/val2014.zip")
+    monkeypatch.setattr(refmod, "ANNOTATIONS_URL", f"http://127.0.0.1:{port}/annotations_trainval2014.zip")
+    stamp = tmp_path / "coco.json"
+    stamp.write_text("{}")  # an earlier run's: must not survive a failed download
+    assert main(["fetch-coco", "--coco-dir", str(tmp_path / "coco"), "--stamp", str(stamp)]) == 1
+    assert "could not download" in capsys.readouterr().out and not stamp.exists()
 
 
 # ----------------------------------------------------------------------------------------------------- statistics

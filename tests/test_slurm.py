@@ -1,7 +1,7 @@
-"""The SLURM profile and multi-node launch: the commands a multi-node allocation gets (from given SLURM variables and
-a fake sbatch), and (slow, root) the smoke chain of one teacher through `--profile workflow/profiles/slurm` on a real
-one-node SLURM controller with fake GPUs (tests/slurm_cluster.py). Multi-node runs themselves cannot be tested on
-one node."""
+"""The SLURM profile: what a multi-node allocation asks for (a fake sbatch), and (slow, root) the smoke chain of one
+teacher through `--profile workflow/profiles/slurm` on a real one-node SLURM controller with fake GPUs
+(tests/slurm_cluster.py). The launch command lines are pinned in tests/test_launch.py, a real two-node run in
+tests/test_slurm_multinode.py."""
 
 from __future__ import annotations
 
@@ -18,45 +18,14 @@ import pytest
 import yaml
 from slurm_cluster import NUM_GPUS, Cluster, slurm_cluster
 
-from sidrepro.commands.launch import per_node_srun, torchrun_command
-
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 PROFILE = "workflow/profiles/slurm"
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def _copy_workflow(folder: Path) -> None:
     shutil.copy(REPO / "Snakefile", folder / "Snakefile")
     shutil.copytree(REPO / "workflow", folder / "workflow")
-
-
-# ---------------------------------------------------------------- launch commands (no cluster)
-
-def test_one_node_is_standalone_torchrun():
-    cmd = torchrun_command(8, 1, ["distill", "--teacher", "t"], env={"SLURM_JOB_ID": "7"})
-    assert cmd == [*TORCHRUN, "--nproc_per_node=8", "--nnodes=1", "--standalone", "-m", "sidrepro.cli", "distill",
-                   "--teacher", "t"]
-
-
-def test_two_node_slurm_job_runs_one_torchrun_per_node_meeting_on_the_first():
-    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-08]", "MASTER_PORT": "29611"}
-    cmd = torchrun_command(8, 2, ["distill"], env=env, hostnames={"gpu[07-08]": ["gpu07", "gpu08"]}.__getitem__)
-    n = len(per_node_srun(2))
-    assert cmd[:n] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    assert cmd[n:] == [*TORCHRUN, "--nproc_per_node=8", "--nnodes=2", "--rdzv_backend=c10d",
-                       "--rdzv_endpoint=gpu07:29611", "--rdzv_id=4242", "-m", "sidrepro.cli", "distill"]
-
-
-def test_multi_node_outside_slurm_uses_master_addr():
-    cmd = torchrun_command(4, 2, [], env={"MASTER_ADDR": "10.0.0.1"})
-    assert "--rdzv_endpoint=10.0.0.1:29500" in cmd and "srun" not in cmd
-
-
-def test_more_nodes_than_the_allocation_fails_instead_of_waiting():
-    env = {"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1"}
-    with pytest.raises(SystemExit, match="nodes=2"):
-        torchrun_command(8, 2, [], env=env, hostnames=lambda nodes: ["n1"])
 
 
 def _fake_slurm(folder: Path) -> tuple[Path, Path]:

@@ -50,14 +50,15 @@ def test_paper_dry_run_lists_every_job_without_data():
     proc = _snakemake("-n", "--nolock", "--forceall", "results/table1.csv")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # 4 SANA teachers x 2 settings; 16 models (8 students, 4 teachers, 4 SANA-Sprint baselines) x 16 shards, for
-    # COCO and for GenEval; one job each fetches the dataset, makes the prompt file from its captions and fetches the
-    # protocol's CLIP weights; GenEval and 4 preference scorers per model, with their environments and weights.
+    # COCO and for GenEval; one job each fetches the dataset, makes the prompt file from its captions, downloads
+    # COCO-2014 val and fetches the protocol's CLIP weights; GenEval and 4 preference scorers per model, with their
+    # environments and weights.
     assert _job_counts(proc.stdout) == {
-        "fetch": 8, "fetch_dataset": 1, "prompts_from_shards": 1, "fetch_clip": 1, "distill": 8, "export": 8,
-        "coco_reference": 1, "sample": 256, "merge_samples": 16, "evaluate": 16, "sample_grid": 16,
+        "fetch": 8, "fetch_dataset": 1, "prompts_from_shards": 1, "fetch_clip": 1, "fetch_coco": 1, "distill": 8,
+        "export": 8, "coco_reference": 1, "sample": 256, "merge_samples": 16, "evaluate": 16, "sample_grid": 16,
         "training_curves": 8, "fid_curve": 8, "geneval_env": 1, "geneval_metadata": 1, "geneval_fetch_models": 1,
         "geneval_prompts": 1, "geneval_sample": 256, "geneval_merge": 16, "geneval_score": 16, "scorer_env": 2,
-        "scorer_weights": 4, "score": 64, "table": 1, "total": 711}
+        "scorer_weights": 4, "score": 64, "table": 1, "total": 712}
     proc = _snakemake("-n", "--nolock", "--forceall")
     counts = _job_counts(proc.stdout)
     assert counts["distill"] == 16 and counts["fetch"] == 18 and counts["evaluate"] == 34 and counts["table"] == 2

@@ -1,9 +1,11 @@
-"""``sidrepro fetch-dataset | prompts | fetch-clip``: the pinned image-text dataset snapshot, the data-free prompt
-file made from its captions, and the CLIP metric weights in a local cache for offline compute nodes.
+"""``sidrepro fetch-dataset | prompts | fetch-clip | fetch-coco``: the pinned image-text dataset snapshot, the
+data-free prompt file made from its captions, the CLIP metric weights in a local cache and the COCO-2014 val
+download, so that compute nodes without network find everything on disk.
 
 The names follow the existing commands: ``fetch`` fetches models by registry name, ``fetch-dataset`` a dataset repo
-by hub id, ``fetch-clip`` the CLIP weights of an evaluation protocol; ``prompts`` writes a prompt file, as ``coco``
-writes the reference. Heavy imports stay inside the commands."""
+by hub id, ``fetch-clip`` the CLIP weights of an evaluation protocol, ``fetch-coco`` the COCO-2014 val images and
+captions; ``prompts`` writes a prompt file, as ``coco`` writes the reference. Heavy imports stay inside the
+commands."""
 
 from __future__ import annotations
 
@@ -59,6 +61,16 @@ def add(sub) -> None:
     p.add_argument("--stamp", type=Path, default=None, help="also write model, tag, commit and file here (JSON)")
     p.set_defaults(func=_fetch_clip)
 
+    p = sub.add_parser("fetch-coco", help="download COCO-2014 val (images, captions) for `sidrepro coco`, nothing else",
+                       description="Download what is missing of the official COCO-2014 val layout (val2014/*.jpg, "
+                                   "annotations/captions_val2014.json) from images.cocodataset.org into COCO_DIR and "
+                                   "check that images and captions match. `sidrepro coco --coco-dir COCO_DIR` then "
+                                   "prepares the reference with no network.")
+    p.add_argument("--coco-dir", type=Path, required=True, help="folder to fill (val2014/ and annotations/)")
+    p.add_argument("--stamp", type=Path, default=None,
+                   help="also write the folder, the counts and the captions json's sha256 here (JSON)")
+    p.set_defaults(func=_fetch_coco)
+
 
 def _fetch_dataset(args: argparse.Namespace) -> int:
     from ..data.dataset import fetch_dataset
@@ -109,4 +121,22 @@ def _fetch_clip(args: argparse.Namespace) -> int:
         write_json_atomic(args.stamp, {**info, "protocol": args.protocol})
     print(json.dumps(info))
     print(f"evaluate offline with SIDREPRO_CLIP_CACHE={args.cache}")
+    return 0
+
+
+def _fetch_coco(args: argparse.Namespace) -> int:
+    from ..atomic import write_json_atomic
+    from ..evaluate.reference import CocoDownloadError, download_coco
+
+    if args.stamp is not None:
+        args.stamp.unlink(missing_ok=True)  # a failed download must not leave the previous stamp looking current
+    try:
+        info = download_coco(args.coco_dir)
+    except CocoDownloadError as err:
+        print(f"COCO-2014 val: {err}")
+        return 1
+    if args.stamp is not None:
+        args.stamp.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.stamp, info)
+    print(f"{info['num_images']} COCO-2014 val images and {info['num_annotations']} captions in {args.coco_dir}")
     return 0

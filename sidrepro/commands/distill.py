@@ -37,6 +37,11 @@ def add(sub) -> None:
     p.add_argument("--on-config-change", choices=("error", "restart"), default="error",
                    help="OUT holds checkpoints saved with other settings: refuse (default), or move that run into "
                         "OUT/superseded/ and start afresh (the workflow, after a hyper-parameter changed)")
+    p.add_argument("--on-stop", choices=("exit", "requeue"), default="exit",
+                   help="when this invocation stops before the run is finished (the job's time limit is near, a "
+                        "SIGTERM/SIGUSR1, a STOP file, --stop-after-kimg): exit with status 75 after the checkpoint "
+                        "(default; run the same command again to continue), or, inside a SLURM batch job, also "
+                        "requeue the job so that it continues by itself (the workflow)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_distill)
 
@@ -89,12 +94,52 @@ def _relaunch(args: argparse.Namespace) -> int:
     return subprocess.call(torchrun_command(args.nproc, args.nnodes, argv))
 
 
+def _outcome(args: argparse.Namespace, started: float, rc: int) -> int:
+    """The exit status of an invocation, from what its rank 0 wrote to ``status.json`` after ``started``: 0 when
+    the run is finished, ``EXIT_CONTINUE`` (and a requeue with ``--on-stop requeue``) when it stopped to be
+    continued, otherwise the ranks' own failure. A status left by an earlier invocation is never trusted."""
+    from ..distill.runlog import read_status
+    from ..stopping import EXIT_CONTINUE, requeue_slurm_job
+
+    status = read_status(args.out)
+    state = status.get("state") if float(status.get("updated") or 0) >= started else None
+    if state == "finished":
+        return 0
+    if state != "stopped":
+        return rc or 1
+    print(f"{args.out}: stopped at {status.get('nimg')} of {status.get('total_nimg')} images "
+          f"({status.get('reason')}); checkpoint {status.get('checkpoint')}. The same command continues it.",
+          flush=True)
+    if args.on_stop == "requeue":
+        requeue_slurm_job()
+    return EXIT_CONTINUE
+
+
 def _distill(args: argparse.Namespace) -> int:
+    import time
+
+    from ..distill.runlog import write_status
     from ..distill.trainer import set_allocator_defaults
 
     set_allocator_defaults()  # before any CUDA allocation, and inherited by the ranks of a relaunch
+    started = time.time()
     if (args.nproc > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
-        return _relaunch(args)
+        return _outcome(args, started, _relaunch(args))
+    try:
+        _train(args)
+    except Exception as e:
+        if os.environ.get("RANK", "0") == "0":
+            write_status(args.out, state="failed", reason=f"{type(e).__name__}: {e}")
+        raise
+    if "WORLD_SIZE" in os.environ:  # a rank of a relaunch: the launcher decides; a stopped rank never says "done"
+        from ..distill.runlog import read_status
+        from ..stopping import EXIT_CONTINUE
+
+        return 0 if read_status(args.out).get("state") == "finished" else EXIT_CONTINUE
+    return _outcome(args, started, 0)
+
+
+def _train(args: argparse.Namespace) -> None:
     import torch
 
     from ..distill.config import parse_overrides, resolve_config
@@ -116,7 +161,6 @@ def _distill(args: argparse.Namespace) -> int:
     ckpt = train(cfg, args.out, adapter, progress=not args.quiet, stop_after_kimg=args.stop_after_kimg,
                  sources=sources, on_config_change=args.on_config_change)
     print(f"checkpoint {ckpt}")
-    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -45,6 +45,10 @@ def add(sub) -> None:
     p.add_argument("--on-plan-change", choices=("error", "restart"), default="error",
                    help="OUT holds samples of another model or plan: refuse (default), or move them to "
                         ".superseded/ beside OUT and start afresh (the workflow, after a model was retrained)")
+    p.add_argument("--on-stop", choices=("exit", "requeue"), default="exit",
+                   help="when the job's time limit is near (or on SIGTERM/SIGUSR1, or a STOP file in --out), stop "
+                        "between batches and exit with status 75 (run again to finish the shard); `requeue` also "
+                        "requeues the SLURM job so that it finishes by itself (the workflow)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_sample)
 
@@ -79,6 +83,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     from ..evaluate.reference import CocoReference
     from ..evaluate.sampling import ModelSpec, merge_manifests, sample_shard
+    from ..stopping import EXIT_CONTINUE, Stopper, requeue_slurm_job
     from ..teachers.registry import get_baseline
     from .distill import teacher_folder
 
@@ -102,9 +107,25 @@ def _sample(args: argparse.Namespace) -> int:
         captions = CocoReference.open(args.reference).load_subset(args.subset)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    stopper = Stopper(args.out, checkpoint_bytes=0)
+    reason = ""
+
+    def should_stop(batch_seconds: float) -> str:
+        nonlocal reason
+        stopper.observe_iteration(batch_seconds)
+        reason = stopper.reason()
+        return reason
+
     manifest = sample_shard(spec, captions, args.out, shard=args.shard, num_shards=args.num_shards, seed=args.seed,
                             batch=args.batch, device=device, dtype=dtype, progress=not args.quiet, limit=args.limit,
-                            resolution_out=args.resolution_out, on_plan_change=args.on_plan_change)
+                            resolution_out=args.resolution_out, on_plan_change=args.on_plan_change,
+                            should_stop=should_stop)
+    if reason:
+        print(f"shard {args.shard} of {args.num_shards}: stopped ({reason}); the same command finishes it",
+              flush=True)
+        if args.on_stop == "requeue":
+            requeue_slurm_job()
+        return EXIT_CONTINUE
     print(f"shard {args.shard} of {args.num_shards}: {manifest}")
     if args.num_shards == 1 and args.limit is None:
         print(f"all images: {merge_manifests(args.out)}")

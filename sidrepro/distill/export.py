@@ -16,7 +16,8 @@ import torch
 from ..sid.sampler import generate
 from ..teachers.registry import get_teacher
 from ..teachers.student import STUDENT_FILE, load_student
-from .checkpoint import export_weights, find_latest
+from .checkpoint import find_latest
+from .stream_export import write_transformer
 
 _SKIP = {"transformer", ".cache", ".sidrepro-snapshot.json", "zoo.json"}
 
@@ -48,9 +49,8 @@ def export_student(run_dir: Path, teacher_folder: Path, out: Path, *, checkpoint
     from ..teachers.load import adapter_class
 
     cls = getattr(diffusers, adapter_class(entry.family).transformer_class)
-    net = cls.from_config(cls.load_config(Path(teacher_folder) / "transformer"))
-    net.load_state_dict(export_weights(ckpt, "generator"))
-    net.save_pretrained(tmp / "transformer", safe_serialization=True)
+    write_transformer(ckpt, "generator", cls.load_config(Path(teacher_folder) / "transformer"), cls,
+                      tmp / "transformer")
     meta = {"teacher": entry.name, "hub_id": entry.hub_id, "revision": entry.revision, "commit": teacher_commit,
             "setting": cfg["setting"], "num_steps": cfg["num_steps"], "init_timestep": cfg["init_timestep"],
             "noise": cfg["noise"], "resolution": cfg["resolution"], "images_seen": int(state["nimg"]) +

@@ -1,10 +1,12 @@
 """What a distillation run shows while it trains: a progress bar, a JSON-lines log (losses, gradient norms, images
-seen, seconds per iteration, images per second, peak memory), PNG sample grids from fixed latents at 1 and N
-steps, and loss curves. Only rank 0 writes."""
+seen, seconds per iteration, images per second, peak memory), ``status.json`` (state, images seen, the last
+checkpoint and how long it took to write, the job's deadline: what `sidrepro status` reads on a login node), PNG
+sample grids from fixed latents at 1 and N steps, and loss curves. Only rank 0 writes."""
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from collections import defaultdict
@@ -13,11 +15,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import write_json_atomic
 from ..sid.sampler import generate
 from ..teachers.base import TeacherAdapter
 from .config import RunConfig
 
 GRID_SEED = 2024  # the official loop's fixed grid latents
+STATUS_FILE = "status.json"
+
+
+def read_status(run_dir: Path) -> dict:
+    """The run folder's ``status.json`` ({} when absent or unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(run_dir: Path, **fields) -> None:
+    """Update ``status.json`` with ``fields`` (keeping the other keys), stamped with the time and the job id."""
+    status = {**read_status(run_dir), **fields, "updated": time.time(), "job_id": os.environ.get("SLURM_JOB_ID", "")}
+    write_json_atomic(Path(run_dir) / STATUS_FILE, status)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -34,7 +52,7 @@ class RunLog:
         self.active = rank == 0
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
-        self.t_start, self.nimg_start = time.perf_counter(), start
+        self.t_start, self.nimg_start, self.total, self.started = time.perf_counter(), start, total, time.time()
         self.bar = None
         self.grid_prompts = grid_prompts or []
         if self.active:
@@ -42,6 +60,21 @@ class RunLog:
 
             self.bar = tqdm(total=total, initial=start, unit="img", desc=f"SiD {cfg.setting} {cfg.teacher}",
                             disable=not progress, leave=False)
+
+    def status(self, state: str, nimg: int, *, checkpoint: Path | None = None, checkpoint_seconds: float = 0.0,
+               reason: str = "", deadline: float | None = None) -> None:
+        """Rank 0 records where the run stands (see ``write_status``)."""
+        if not self.active:
+            return
+        elapsed = time.perf_counter() - self.t_start
+        write_status(self.out, state=state, nimg=nimg, total_nimg=self.total, reason=reason,
+                     images_per_sec=(nimg - self.nimg_start) / max(elapsed, 1e-9), started=self.started,
+                     checkpoint=checkpoint.name if checkpoint else "", checkpoint_seconds=checkpoint_seconds,
+                     deadline=deadline)
+
+    def previous_checkpoint_seconds(self) -> float:
+        """How long the last checkpoint of an earlier invocation took to write (0 if unknown)."""
+        return float(read_status(self.out).get("checkpoint_seconds") or 0.0)
 
     def accumulate(self, stats: dict[str, float]) -> None:
         """Add one micro-batch's per-sample means (averaged over micro-batches at the next ``step``)."""

@@ -15,10 +15,10 @@ import hashlib
 import json
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,9 +28,11 @@ from ..atomic import write_json_atomic
 from ..revision import code_revision
 from ..sid.adversarial import AdversarialSchedule
 from ..sid.method import SiD, SiDConfig
+from ..stopping import Stopper
 from ..teachers.base import Conditioning, TeacherAdapter
 from .checkpoint import find_latest, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_changes
+from .sharded_load import load_checkpoint_model, load_network
 
 
 def derive_seed(*parts: object) -> int:
@@ -191,28 +193,14 @@ def _prompt_cache(cfg: RunConfig, adapter: TeacherAdapter, prompts: list[str], r
 
 
 # --- the loop -------------------------------------------------------------------------------------------------
-class _Stop:
-    """Set by SIGTERM/SIGUSR1 (SLURM's warning before a time limit or preemption): checkpoint, then exit."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            with contextlib.suppress(ValueError):  # not the main thread
-                signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-
-def _init_generator_from(run_dir: Path, gen: nn.Module) -> int:
-    """Load the latest generator of another (data-free) run into ``gen``; returns its image count."""
-    from .checkpoint import export_weights
-
-    ckpt = find_latest(run_dir)
+def _init_generator_from(run_dir: Path, gen: nn.Module, world: int) -> int:
+    """Load the latest generator of another (data-free) run into ``gen`` (each rank its shard); returns its image
+    count. Every rank calls it."""
+    ckpt = _on_rank0(lambda: find_latest(run_dir), world)  # one decision for every rank
     if ckpt is None:
         raise FileNotFoundError(f"config key 'init_from': no complete checkpoint under {run_dir}; run the data-free "
                                 f"distillation first or clear init_from to start from the teacher")
-    gen.load_state_dict(export_weights(ckpt, "generator"))
+    load_checkpoint_model(ckpt, "generator", gen, distributed=world > 1)
     return int(json.loads((ckpt / "state.json").read_text())["nimg"])
 
 
@@ -221,10 +209,12 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
           on_config_change: str = "error", final_checkpoint: bool = True,
           on_iteration: Callable[[dict], None] | None = None) -> Path | None:
     """Distil ``adapter``'s teacher with ``cfg`` into ``out`` (resuming from ``out``'s latest checkpoint), and return
-    the final checkpoint folder. ``stop_after_kimg`` ends this invocation early with a checkpoint (tests, time
-    limits); the run then continues when called again. ``final_checkpoint=False`` (benchmarks: a real-size
-    checkpoint is tens of GB) skips the checkpoint that closes the run and returns the last periodic one, if any.
-    ``on_iteration(row)`` is called after every iteration with its log row (benchmarks count work per iteration).
+    the final checkpoint folder. The invocation also stops early, with a checkpoint, ahead of its job's time limit,
+    on SIGTERM/SIGUSR1 or a ``STOP`` file (``sidrepro.stopping.Stopper``), and after ``stop_after_kimg``;
+    ``out/status.json`` says which (state ``stopped`` or ``finished``), and the run continues when called again.
+    ``final_checkpoint=False`` (benchmarks: a real-size checkpoint is tens of GB) skips the checkpoint that closes
+    the run and returns the last periodic one, if any. ``on_iteration(row)`` is called after every iteration with
+    its log row (benchmarks count work per iteration).
 
     A checkpoint saved with other values of the keys that define the run (see ``config_changes``) is never resumed:
     ``on_config_change="error"`` refuses with the differences, ``"restart"`` moves the run folder's contents into
@@ -240,17 +230,17 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         raise ValueError(problem)
     b_rank, rounds = cfg.per_rank(world)
     dtype = weight_dtype(cfg)
-    teacher = adapter.load_transformer(dtype).eval().requires_grad_(False)
-    fake = adapter.load_transformer(dtype).train()
-    gen = adapter.load_transformer(dtype).train()
-    if cfg.grad_checkpointing:
-        # The teacher too: the generator loss backpropagates through it to x_g, and recomputing its blocks is
-        # cheaper than holding a 2B-batch CFG pass's activations (the official code checkpoints fake and G only).
-        for net in (teacher, fake, gen):
-            net.enable_gradient_checkpointing()
-    init_nimg = _init_generator_from(Path(cfg.init_from), gen) if cfg.init_from else 0
-    if world > 1:
-        teacher, fake, gen = shard(teacher), shard(fake), shard(gen)
+    if cfg.park_encoders:  # the encoders wait on the CPU while the networks load; they come in only to encode
+        adapter.park_encoders()
+    # Under FSDP each rank builds, allocates and reads only its shard of each network (sharded_load.py). Gradient
+    # checkpointing covers the teacher too: the generator loss backpropagates through it to x_g, and recomputing
+    # its blocks is cheaper than holding a 2B-batch CFG pass's activations (the official code: fake and G only).
+    build = partial(load_network, adapter, dtype, device, shard=shard if world > 1 else None,
+                    grad_checkpointing=cfg.grad_checkpointing)
+    teacher = build().eval().requires_grad_(False)
+    fake = build().train()
+    gen = build(weights=not cfg.init_from).train()
+    init_nimg = _init_generator_from(Path(cfg.init_from), gen, world) if cfg.init_from else 0
     # Fused: one kernel per step instead of several per tensor, the same update. On CPU only in one process: the
     # gloo FSDP path keeps the for-each update it was verified with.
     fused = device.type == "cuda" or world == 1
@@ -283,7 +273,10 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         write_json_atomic(out / "config.json", {"config": asdict(cfg), "sources": sources or {}, "world_size": world,
                                                 "code": code_revision(),
                                                 "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")})
-    stopper = _Stop()
+    stopper = Stopper(out, checkpoint_bytes=_checkpoint_bytes(models), query_scheduler=rank == 0,
+                      measured_checkpoint_s=_on_rank0(lambda: log.previous_checkpoint_seconds(), world))
+    if rank == 0:
+        stopper.check_time_left()
     # Hundreds of thousands of long-lived objects (modules, parameters, encoders) would be rescanned by every full
     # garbage collection, a pause of ~0.5 s that lands in some iteration; frozen, they are never scanned again.
     gc.collect()
@@ -292,11 +285,23 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     def checkpoint() -> Path:
         st = {"nimg": nimg, "bad_iters": bad_iters, "init_nimg": init_nimg, "config": asdict(cfg),
               "code": code_revision()}
-        return save_checkpoint(out, nimg, models=models, optimizers=optims, state=st, keep=cfg.keep_checkpoints,
+        t0 = time.perf_counter()
+        path = save_checkpoint(out, nimg, models=models, optimizers=optims, state=st, keep=cfg.keep_checkpoints,
                                sharded=world > 1)
+        stopper.observe_checkpoint(time.perf_counter() - t0)
+        log.status("running", nimg, checkpoint=path, checkpoint_seconds=stopper.checkpoint_s,
+                   deadline=stopper.deadline())
+        return path
 
     last_ckpt = latest
-    while nimg < stop_at and not _any_rank(stopper.requested, world, device):
+    log.status("running", nimg, checkpoint=latest, checkpoint_seconds=stopper.checkpoint_s,
+               deadline=stopper.deadline())
+    reason = ""
+    while nimg < stop_at:
+        reason = stopper.reason()
+        if _any_rank(bool(reason), world, device):  # a stop seen by one rank stops all, at the same iteration
+            reason = reason or "another rank's stop"
+            break
         t0 = time.perf_counter()
         steps = method.sample_steps(_generator(torch.device("cpu"), cfg.seed, "K", nimg))
         g = _generator(device, cfg.seed, "noise", nimg, rank)
@@ -351,6 +356,7 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
 
         nimg += cfg.batch
         stats.update(steps=steps, bad_iters=bad_iters, sec_per_iter=time.perf_counter() - t0)
+        stopper.observe_iteration(stats["sec_per_iter"])
         log.step(nimg, stats)
         if on_iteration is not None:
             on_iteration({"nimg": nimg, **stats})
@@ -363,9 +369,26 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     if final_checkpoint and (last_ckpt is None or
                              int(json.loads((last_ckpt / "state.json").read_text())["nimg"]) != nimg):
         last_ckpt = checkpoint()
-    log.close(nimg, finished=nimg >= total)
+    finished = nimg >= total
+    if not finished and not reason:
+        reason = "stop_after_kimg"
+    log.status("finished" if finished else "stopped", nimg, checkpoint=last_ckpt,
+               checkpoint_seconds=stopper.checkpoint_s, reason=reason, deadline=stopper.deadline())
+    log.close(nimg, finished=finished)
+    if world > 1:  # no rank exits (and so ends the job for torchrun) before rank 0 has written the run's status
+        torch.distributed.barrier()
     gc.unfreeze()
     return last_ckpt
+
+
+def _checkpoint_bytes(models: dict[str, nn.Module]) -> int:
+    """This rank's share of a checkpoint: each trained network's weights and Adam's two moments, at full width."""
+    total = 0
+    for net in models.values():
+        for p in net.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            total += 3 * local.numel() * max(4, local.element_size())
+    return total
 
 
 def _draws(method: SiD, g: torch.Generator, n: int, shape: tuple[int, ...]):

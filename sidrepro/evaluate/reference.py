@@ -1,7 +1,8 @@
 """The COCO-2014 validation reference of the evaluation protocols (design §6, eval_protocol.md, spec §9.2).
 
-``prepare_coco`` turns the official layout (``val2014/COCO_val2014_*.jpg`` and
-``annotations/captions_val2014.json``) into one output folder:
+``download_coco`` fetches the official layout (``val2014/COCO_val2014_*.jpg`` and
+``annotations/captions_val2014.json``) from images.cocodataset.org and nothing else, on a machine with network;
+``prepare_coco`` turns that layout into one output folder, with no network unless told to download:
 
 - ``images/{image_id:012d}.png``: every image of the json, RGB, centre crop to the shorter side (the
   StyleGAN2-ADA/EDM ``center-crop`` box that SiD-LSG's COCO tool uses), PIL Lanczos resize to ``resolution``².
@@ -61,6 +62,7 @@ __all__ = [
     "ReferenceStats",
     "SubsetSpec",
     "center_crop_resize",
+    "download_coco",
     "file_list_hash",
     "load_reference_stats",
     "prepare_coco",
@@ -269,6 +271,20 @@ def _clean(caption: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- inputs and download
+
+
+def download_coco(coco_dir: Path) -> dict[str, Any]:
+    """Download what is missing of the official layout into ``coco_dir`` (as ``prepare_coco(..., download=True)``
+    does) and check that the captions json and the images match; nothing else is written, so the preparation can run
+    later on a machine without network. Returns what a stamp records: the folder, the image and annotation counts and
+    the sha256 of the captions json. Raises as ``prepare_coco`` does for its inputs."""
+    coco_dir = Path(coco_dir)
+    _ensure_inputs(coco_dir, download=True)
+    json_path = coco_dir / CAPTIONS_JSON
+    files, annotations = _read_captions_json(json_path)
+    _check_images_match(files, json_path, coco_dir / IMAGES_FOLDER)
+    return {"coco_dir": str(coco_dir), "num_images": len(files), "num_annotations": len(annotations),
+            "captions_json_sha256": file_digest(json_path)}
 
 
 def _ensure_inputs(coco_dir: Path, download: bool) -> None:

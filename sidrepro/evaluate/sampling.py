@@ -46,7 +46,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -534,7 +534,8 @@ def _resume(manifest: Path, out_dir: Path, rows: list[Caption], expect: dict[str
 def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir: str | Path, *, shard: int = 0,
                  num_shards: int = 1, seed: int = 0, batch: int = 8, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, resolution_out: int = 256, progress: bool = True,
-                 limit: int | None = None, on_plan_change: str = "error") -> Path:
+                 limit: int | None = None, on_plan_change: str = "error",
+                 should_stop: Callable[[float], str] | None = None) -> Path:
     """Sample shard ``shard`` of ``num_shards`` of ``captions`` (``(prompt_id, image_id, caption)`` rows; the shard
     takes ``captions[shard::num_shards]``) into ``out_dir`` and return its manifest path.
 
@@ -542,7 +543,9 @@ def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir
     ``resolution_out``), then its manifest row is appended. Images already done (PNG and matching row) are skipped,
     so rerunning after a kill finishes the shard. ``spec`` may be a loaded ``Sampler`` (``device``/``dtype`` are
     then ignored). ``limit`` stops after that many new images (time-boxed jobs, tests). ``on_plan_change``: what to
-    do with a folder that holds another plan's samples (see ``_plan``)."""
+    do with a folder that holds another plan's samples (see ``_plan``). ``should_stop(seconds_per_batch)`` is asked
+    before every batch; a non-empty answer (its reason, e.g. the job's time limit is near) ends the call there, with
+    every finished image kept, for a later call to complete the shard."""
     from tqdm.auto import tqdm
 
     if num_shards < 1 or batch < 1 or resolution_out < 1:
@@ -571,7 +574,11 @@ def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir
         todo = todo[:max(0, limit)]
     with open(manifest, "ab") as fh, tqdm(total=len(rows), initial=len(done), desc=f"shard {shard}/{num_shards}",
                                           unit="img", disable=not progress) as bar:
+        slowest = 0.0
         for start in range(0, len(todo), batch):
+            if should_stop is not None and should_stop(slowest):
+                break
+            t0 = time.perf_counter()
             chunk = todo[start:start + batch]
             images = sampler([c for _, _, c in chunk], [image_seed(seed, p) for p, _, _ in chunk], pad_to=batch)
             for (p, img_id, caption), image in zip(chunk, images, strict=True):
@@ -585,6 +592,7 @@ def sample_shard(spec: ModelSpec | Sampler, captions: Sequence[Caption], out_dir
                 fh.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
                 fh.flush()  # the row is durable once the PNG is: a kill loses at most the image in flight
             bar.update(len(chunk))
+            slowest = max(slowest, time.perf_counter() - t0)
     return manifest
 
 

@@ -167,6 +167,29 @@ class TeacherAdapter(ABC):
         net = cls.from_pretrained(self.folder, subfolder="transformer", dtype=dtype or self.dtype)
         return net.to(self.device)
 
+    def empty_transformer(self, dtype: torch.dtype | None = None) -> nn.Module:
+        """The transformer as ``from_pretrained`` builds it before reading any weight: parameters on the meta device
+        (no memory), buffers real on the CPU as ``__init__`` computes them (rotary tables, position embeddings),
+        everything in ``dtype``. Fill it from :attr:`transformer_folder`'s safetensors."""
+        import diffusers
+        from accelerate import init_empty_weights
+
+        cls = getattr(diffusers, self.transformer_class)
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(dtype or self.dtype)  # what from_pretrained does: buffers come out in that dtype
+        try:
+            with init_empty_weights(include_buffers=False):
+                net = cls.from_config(self._transformer_config)
+        finally:
+            torch.set_default_dtype(before)
+        net.register_to_config(_name_or_path=self.folder)
+        return net.eval()
+
+    @property
+    def transformer_folder(self) -> Path:
+        """The snapshot's ``transformer/`` folder (config and safetensors weights)."""
+        return self.folder / "transformer"
+
     @property
     def transformer_config(self) -> dict[str, Any]:
         return dict(self._transformer_config)

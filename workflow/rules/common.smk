@@ -31,6 +31,9 @@ CLIP_CACHE = f"{CLIP_DIR}/hub"  # the protocol's open_clip weights, fetched by `
 CLIP_STAMP = f"{CLIP_DIR}/{PROTOCOL}.json"
 TABLES = sorted({t["table"] for t in config["teachers"].values()} | {b["table"] for b in config["baselines"].values()})
 ENV = "../envs/sidrepro.yaml"
+# Rules whose jobs take seconds: they run where Snakemake runs, not as cluster jobs (see the Snakefile).
+LOCAL_RULES = ["prompts", "geneval_prompts", "merge_samples", "geneval_merge", "sample_grid", "training_curves",
+               "table"]
 
 DATA = config["data"]
 SYNTHETIC_COCO = "synthetic" in DATA["coco"]
@@ -148,7 +151,8 @@ def shard_inputs():
 
 
 def coco_inputs():
-    """The synthetic COCO annotation file when a rule makes it; the real COCO is downloaded by `sidrepro coco`."""
+    """The synthetic COCO annotation file when a rule makes it; the real COCO is downloaded by `sidrepro fetch-coco`
+    (the fetch_coco rule, whose stamp is in ``coco_fetch_inputs``)."""
     return [f"{COCO_DIR}/annotations/captions_val2014.json"] if SYNTHETIC_COCO else []
 
 
@@ -335,3 +339,49 @@ for _key in TABLE_SCORES:  # fail at parse time, not after the whole run, when a
 def table_scores(wildcards):
     """The score files a table waits for: each of ``tables.scores`` for every measured model of the table."""
     return [f"{ROOT}/scores/{m}/{k}.json" for m in model_ids(wildcards.table) for k in TABLE_SCORES]
+
+
+# ---- prefetch
+
+# data.coco.download: the fetch_coco rule (`sidrepro fetch-coco`) downloads COCO-2014 val into data.coco.dir and writes
+# this stamp; coco_reference then prepares the reference from that folder with no network.
+COCO_DOWNLOAD = bool(DATA["coco"].get("download", False)) and not SYNTHETIC_COCO
+COCO_STAMP = f"{ROOT}/data/coco.json"
+# The hub libraries' offline switches (huggingface_hub, transformers, datasets; diffusers and open_clip go through
+# huggingface_hub): set for every job once the prefetch is complete (`offline_after_prefetch`).
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def coco_fetch_inputs():
+    """The COCO download stamp when the workflow downloads COCO; nothing for a synthetic or user-supplied folder."""
+    return [COCO_STAMP] if COCO_DOWNLOAD else []
+
+
+def prefetch_inputs():
+    """What the configured run needs from the network, as the outputs of the jobs that download or install it
+    (prefetch.smk): teacher and baseline snapshots, the image-text dataset, COCO-2014 val, the CLIP, scorer and
+    GenEval weights, GenEval's metadata and the separate environments' pip installs. What is made offline (the zoo,
+    synthetic data, tiny models) is not here."""
+    out = [] if USE_ZOO else [m for n in [*config["teachers"], *config["baselines"]] for m in model_marker(n)]
+    out += ([DATASET_STAMP] if DATASET else []) + coco_fetch_inputs() + ([] if TINY_CLIP else [CLIP_STAMP])
+    if GENEVAL:
+        out.append(GENEVAL_ENV_STAMP)
+        out += [GENEVAL_METADATA] if GENEVAL_SOURCE == "official" else []
+        out += [] if GENEVAL_TINY else [GENEVAL_MODELS]
+    if SCORES:
+        out += [f"{SCORER_DIR}/envs/{s}.json" for s in SCORERS if s in SCORER_OWN_ENV]
+        out += [] if SCORES_TINY else [f"{SCORER_WEIGHTS}/{s}/scorer.json" for s in SCORERS]
+    return out
+
+
+def offline_after_prefetch():
+    """When every prefetch output exists, put the hub libraries offline for every job of this run (``OFFLINE_ENV``,
+    exported into Snakemake's own environment, which local jobs inherit and cluster jobs inherit and set again when
+    they parse the workflow). A job that still reaches for the hub then fails at once with the libraries' offline
+    error instead of waiting on network timeouts on a compute node without internet. A variable the user has set
+    (e.g. ``HF_HUB_OFFLINE=0`` to force a fresh download) is left alone. Returns whether the run is offline."""
+    if not all(os.path.exists(path) for path in prefetch_inputs()):
+        return False
+    for name, value in OFFLINE_ENV.items():
+        os.environ.setdefault(name, value)
+    return True

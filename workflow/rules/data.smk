@@ -5,8 +5,10 @@ Smoke: prompts listed in the config, a synthetic COCO-layout folder and syntheti
 and the tiny offline CLIP (evaluate.smk).
 Paper: `sidrepro fetch-dataset` pins and fetches the midjourney-v6-llava shards (data.shards.dataset; a stamp file
 stands for the large folder), `sidrepro prompts` makes the prompt file from their captions with the COCO-2014 val
-captions of the reference left out (data.prompts.from_shards), COCO comes from `sidrepro coco --download`, and
-`sidrepro fetch-clip` puts the protocol's CLIP weights in a local hub cache so that evaluate jobs need no network.
+captions of the reference left out (data.prompts.from_shards), `sidrepro fetch-coco` downloads COCO-2014 val
+(data.coco.download) for `sidrepro coco` to prepare with no network, and `sidrepro fetch-clip` puts the protocol's
+CLIP weights in a local hub cache so that evaluate jobs need no network. Every download is an input of
+`snakemake prefetch` (prefetch.smk).
 A user-supplied `prompts: {file: ...}` or `shards: {dir: ...}` is an external path, passed as a parameter only.
 """
 
@@ -94,6 +96,25 @@ if not TINY_CLIP:
             "sidrepro fetch-clip --protocol {params.protocol} --cache {params.cache} --stamp {output} > {log} 2>&1"
 
 
+if COCO_DOWNLOAD:
+
+    rule fetch_coco:
+        output:
+            COCO_STAMP,
+        params:
+            coco=COCO_DIR,
+        log:
+            f"{ROOT}/logs/fetch_coco.log",
+        resources:
+            hub=1,  # a download: serialised with the others by the profile
+            runtime=res("fetch_coco", "runtime", 480),
+            mem_mb=res("fetch_coco", "mem_mb", 4000),
+        conda:
+            ENV
+        shell:
+            "sidrepro fetch-coco --coco-dir {params.coco} --stamp {output} > {log} 2>&1"
+
+
 if SYNTHETIC_COCO:
 
     rule synthetic_coco:
@@ -131,15 +152,14 @@ if SYNTHETIC_SHARDS:
 
 rule coco_reference:
     input:
-        coco_inputs(),
+        # The synthetic captions file, or the download stamp (the real COCO folder itself is not an input).
+        coco_inputs() + coco_fetch_inputs(),
     output:
         f"{REFERENCE}/manifest.json",
     params:
-        # The real COCO folder is not an input (`sidrepro coco --download` fills it); the synthetic one is.
-        coco=lambda wc, input: os.path.dirname(os.path.dirname(input[0])) if input else COCO_DIR,
+        coco=lambda wc, input: os.path.dirname(os.path.dirname(input[0])) if SYNTHETIC_COCO else COCO_DIR,
         reference=parent_folder,
         protocol=PROTOCOL,
-        download="--download" if DATA["coco"].get("download", False) and not SYNTHETIC_COCO else "",
     log:
         f"{ROOT}/logs/coco_reference.log",
     threads: res("coco_reference", "threads", 1)
@@ -152,5 +172,5 @@ rule coco_reference:
     shell:
         # The FID statistics are computed here, once, so that parallel evaluate jobs only read them.
         "export OMP_NUM_THREADS={threads}; "
-        "sidrepro coco --coco-dir {params.coco} --out {params.reference} {params.download} --workers {threads} "
+        "sidrepro coco --coco-dir {params.coco} --out {params.reference} --workers {threads} "
         "--stats {params.protocol} > {log} 2>&1"

@@ -7,10 +7,16 @@ teacher's finished data-free run (`--set init_from=...`). When Snakemake reruns 
 parameters changed, the trainer moves the old run into `superseded/` and starts afresh (`--on-config-change
 restart`) instead of resuming a checkpoint trained with other settings.
 
-GPUs: the config's ``gpu`` is GPUs per node and ``nodes`` the node count (per teacher, or the rule's). A one-node
-job asks for them as ``gpu`` (SLURM's --gpus, a count per job, and the local profile's GPU cap); a multi-node job as
-``gres: gpu:N``, a count per node (--gpus would spread N over all nodes), and `sidrepro distill` then starts one
-torchrun per node of the allocation (sidrepro/commands/launch.py).
+GPUs: the config's ``gpu`` is GPUs per node and ``nodes`` the node count (per teacher, or the rule's). The job asks
+for ``gpu`` x ``nodes`` GPUs in all (SLURM's --gpus, a count per job, which the profile's GPU type turns into
+--gpus=TYPE:N) on ``nodes`` whole nodes (--exclusive): on nodes of ``gpu`` GPUs each that is ``gpu`` per node, and the
+launcher refuses an uneven split. `sidrepro distill` starts ``gpu`` ranks per node, one torchrun per node of the
+allocation (sidrepro/commands/launch.py), each rank with the node's CPUs divided among the node's ranks as threads.
+
+Time limits: the job's runtime is the cluster profile's cap, not a number of this config. `sidrepro distill` stops
+ahead of its job's limit with a checkpoint and, with ``--on-stop requeue``, requeues its own SLURM job, which then
+resumes; the stamp is written only when the run is finished (exit status 0), never after a stop (status 75). The log
+is appended to, one section per job.
 """
 
 
@@ -23,25 +29,24 @@ rule distill:
         run=lambda wc: run_folder(wc.teacher, wc.setting),
         snapshot=lambda wc: teacher_snapshot(wc.teacher),
         args=distill_args,
-        # ranks per node: the one-node job's GPUs, or the per-node count of a multi-node job's gres (gpu:N)
-        nproc=lambda wc, resources: max(1, int(resources.gpu) or int(resources.gres.rpartition(":")[2] or 0)),
+        nproc=lambda wc: max(1, distill_res("gpu", 0)(wc)),  # ranks per node
+        threads_per_rank=lambda wc, threads: max(1, threads // max(1, distill_res("gpu", 0)(wc))),
     log:
         f"{ROOT}/logs/distill/{{teacher}}-{{setting}}.log",
     threads: res("distill", "threads", 1)
     resources:
-        gpu=lambda wc: distill_res("gpu", 0)(wc) if distill_res("nodes", 1)(wc) == 1 else 0,
-        gres=lambda wc: f"gpu:{distill_res('gpu', 0)(wc)}" if distill_res("nodes", 1)(wc) > 1 else "",
+        gpu=lambda wc: distill_res("gpu", 0)(wc) * distill_res("nodes", 1)(wc),
         nodes=distill_res("nodes", 1),
         mem_mb=distill_res("mem_mb", 8000),
-        runtime=distill_res("runtime", 60),
     conda:
         ENV
     shell:
-        "export OMP_NUM_THREADS={threads}; "
+        "export OMP_NUM_THREADS={params.threads_per_rank}; "
+        "echo \"== $(date -Is) job ${{SLURM_JOB_ID:-local}} restart ${{SLURM_RESTART_COUNT:-0}}\" >> {log}; "
         "sidrepro distill --teacher {wildcards.teacher} --setting {wildcards.setting} --out {params.run} "
         "--snapshot {params.snapshot} {params.args} --nproc {params.nproc} --nnodes {resources.nodes} "
-        "--on-config-change restart --quiet "
-        "> {log} 2>&1 && cp {params.run}/config.json {output}"
+        "--on-config-change restart --on-stop requeue --quiet "
+        ">> {log} 2>&1 && cp {params.run}/config.json {output}"
 
 
 rule export:

@@ -2,7 +2,8 @@
 
 Each shard job writes its PNGs and its own manifest into the model's sample folder (resumable: the folder is not an
 output, so a failed shard keeps its finished images) and a stamp; the merge checks that every planned prompt id is
-there exactly once.
+there exactly once. A shard that needs longer than its job's time limit stops between batches ahead of the limit and
+requeues its SLURM job (`--on-stop requeue`), which finishes it; the stamp is written only for a finished shard.
 """
 
 
@@ -32,8 +33,8 @@ rule sample:
         # A retrained model finds its old samples in the folder (not an output): they move to .superseded/.
         "sidrepro sample {params.who} --on-plan-change restart --reference {params.reference} "
         "--subset {params.subset} --out {params.folder} "
-        "--shard {wildcards.shard} --num-shards {params.num_shards} --batch {params.batch} --quiet > {log} 2>&1 && "
-        "touch {output}"
+        "--shard {wildcards.shard} --num-shards {params.num_shards} --batch {params.batch} --on-stop requeue --quiet "
+        ">> {log} 2>&1 && touch {output}"
 
 
 rule merge_samples:
