@@ -121,7 +121,7 @@ def _write_configs(folder: Path, ctld: tuple[str, str], nodes: dict[str, str], p
     # Several slurmd on one file system: %n (the node name) keeps their spool, pid and log files apart.
     per_node = "-%n" if len(nodes) > 1 else ""
     task_plugin = "task/affinity" if len(nodes) > 1 else "task/none"
-    bind_note = " Several nodes: tasks bound to CPUs (sched_setaffinity)." if len(nodes) > 1 else " Bind nothing."
+    bind_note = "; bind tasks to their CPUs (sched_setaffinity)." if len(nodes) > 1 else ", bind nothing."
     (folder / "slurm.conf").write_text(f"""\
 ClusterName={CLUSTER}
 SlurmctldHost={ctld[0]}({ctld[1]})
@@ -135,7 +135,7 @@ SlurmctldPidFile={folder}/run/slurmctld.pid
 SlurmdPidFile={folder}/run/slurmd{per_node}.pid
 SlurmctldLogFile={folder}/log/slurmctld.log
 SlurmdLogFile={folder}/log/slurmd{per_node}.log
-# No cgroups in a container: track processes by parent id.{bind_note}
+# No cgroups in a container: track processes by parent id{bind_note}
 ProctrackType=proctrack/linuxproc
 TaskPlugin={task_plugin}
 SelectType=select/cons_tres

@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 
 from sidrepro.distill.config import resolve_config
 from sidrepro.distill.export import export_student, generate_images
+from sidrepro.distill.runlog import read_status
 from sidrepro.distill.trainer import ALLOC_CONF, set_allocator_defaults, train
+from sidrepro.stopping import EXIT_CONTINUE
 from sidrepro.teachers.load import load_teacher
 
 PROMPTS = ["a red cube on a table", "two cats asleep", "a lighthouse at dusk", "a bowl of fruit",
@@ -191,7 +193,7 @@ def test_data_aided_continues_from_data_free_with_the_schedule(name, tiny_zoo, p
 
 def test_two_process_sharded_run_resumes_to_the_same_weights(tiny_zoo, prompt_file, tmp_path):
     """FSDP2 over 2 CPU processes (gloo): 4 iterations in one go equal 2 + 2 with a resume in between, and the
-    sharded checkpoint exports to a loadable student."""
+    sharded checkpoint exports to a loadable student. The stopped invocation exits 75 (continue me), never 0."""
     from sidrepro.distill.checkpoint import export_weights
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -202,7 +204,8 @@ def test_two_process_sharded_run_resumes_to_the_same_weights(tiny_zoo, prompt_fi
                "--set", "duration_kimg=0.016", "--set", "checkpoint_ticks=2", "--set", "snapshot_ticks=100"]
         if stop:
             cmd += ["--stop-after-kimg", stop]
-        subprocess.run(cmd, check=True, env=env, timeout=240, start_new_session=True)
+        proc = subprocess.run(cmd, env=env, timeout=240, start_new_session=True, capture_output=True, text=True)
+        assert proc.returncode == (EXIT_CONTINUE if stop else 0), proc.stdout[-2000:] + proc.stderr[-3000:]
 
     run(tmp_path / "a", None)
     run(tmp_path / "b", "0.008")
@@ -235,7 +238,8 @@ def test_corrupt_latest_checkpoint_falls_back_and_cli_exports_and_generates(tiny
     argv = ["distill", "--teacher", "tiny-sd3", "--out", str(run), "--snapshot", str(tiny_zoo["tiny-sd3"]),
             "--prompts", str(prompt_file), "--quiet", "--set", "duration_kimg=0.012", "--set", "checkpoint_ticks=1",
             "--set", "keep_checkpoints=3"]
-    assert main([*argv, "--stop-after-kimg", "0.008"]) == 0
+    assert main([*argv, "--stop-after-kimg", "0.008"]) == EXIT_CONTINUE
+    assert read_status(run)["state"] == "stopped"
     latest = run / "checkpoints" / "ckpt-0000000008"
     (latest / "generator.safetensors").write_bytes(b"not a safetensors file")  # a torn write
     assert main(argv) == 0  # resumes from the 4-image checkpoint, warns about the bad one

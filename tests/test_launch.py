@@ -16,6 +16,7 @@ from sidrepro.commands.launch import (
     check_allocation,
     parse_job,
     per_node_srun,
+    slurm_allocation,
     torchrun_command,
 )
 
@@ -86,6 +87,15 @@ def test_allocation_is_read_from_scontrol_per_node():
     assert _job(TEST_CLUSTER_JOB) == Allocation("17", ("node1", "node2"), (2, 2), (2, 2), 0)
     assert _job(UNEVEN_JOB) == Allocation("4242", ("gpu07", "gpu08"), (64, 32), (8, 4), 2)
     assert _job(CPU_ONLY_JOB) == Allocation("9", ("node1", "node2"), (2, 2), (0, 0), 0)
+
+
+def test_a_job_scontrol_does_not_know_is_named(tmp_path, monkeypatch):
+    fake = tmp_path / "scontrol"  # a cluster's scontrol answering for a job id it does not know
+    fake.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(LaunchError, match=r"Invalid job id specified.*SLURM_JOB_ID=123"):
+        slurm_allocation("123")
 
 
 def test_unreadable_scontrol_output_is_named():

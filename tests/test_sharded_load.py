@@ -90,6 +90,10 @@ def test_two_rank_run_trains_to_the_weights_of_the_former_loading(zoo_root, prom
     teacher = load_teacher("tiny-sd3", zoo_root / "tiny-sd3").load_transformer().state_dict()
     assert any(not torch.equal(a[k], teacher[k]) for k in a)  # it did train
     assert _torchrun("init", tmp_path, zoo_root, str(tmp_path / "new"))[0]["nimg"] == 8
+    # A single-process run's checkpoint (safetensors, read by row ranges) seeds a sharded generator too.
+    cfg, _ = resolve_config("tiny-sd3", {"prompts": str(prompt_file), "duration_kimg": "0.004", "snapshot_ticks": "0"})
+    train(cfg, tmp_path / "one", load_teacher("tiny-sd3", zoo_root / "tiny-sd3"), progress=False)
+    assert _torchrun("init", tmp_path, zoo_root, str(tmp_path / "one"))[0]["nimg"] == 4
 
 
 def _old_export(ckpt: Path, cls, config: dict, out: Path, **kw) -> None:

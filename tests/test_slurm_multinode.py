@@ -134,7 +134,7 @@ def _assert_same_weights(one: Path, two: Path, teacher: Path) -> None:
         a, b = export_weights(one / CKPT, name), export_weights(two / CKPT, name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
         changed = sum(not torch.equal(a[k], initial[k].to(a[k].dtype)) for k in a)
-        print(f"{name}: {len(a)} tensors equal bit for bit between 1 node x 2 and 2 nodes x 1; "
+        print(f"{name}: {len(a)} tensors equal bit for bit to the one-node run without SLURM; "
               f"{changed} differ from the teacher")
         assert changed > 0  # it trained: equal weights are not the untouched teacher's
 
@@ -142,31 +142,43 @@ def _assert_same_weights(one: Path, two: Path, teacher: Path) -> None:
 # Snakemake's job step: every SLURM_* variable but the job id dropped, then `srun -n1` (the srun on PATH sets
 # SLURM_CONF again).
 IN_A_STEP = "for v in $(compgen -v SLURM_); do [ $v = SLURM_JOB_ID ] || unset $v; done\nsrun -n1 "
+LAUNCHES = {  # name: (nodes x ranks per node, in Snakemake's job step)
+    "2 nodes x 1, batch script": (2, 1, False),
+    "2 nodes x 1, job step": (2, 1, True),
+    "1 node x 2, job step": (1, 2, True),
+}
 
 
-@pytest.mark.parametrize("launch", ["batch script", "job step"])
-def test_two_node_job_trains_the_weights_of_a_one_node_run(cluster, tiny_zoo, prompt_file, one_node_run, launch,
-                                                            tmp_path):
-    command = " ".join([str(BIN / "sidrepro"), "distill", "--out", str(tmp_path / "two"), "--nproc", "1",
-                        "--nnodes", "2", *_distill_args(tiny_zoo["tiny-sana"], prompt_file)])
+@pytest.mark.parametrize("launch", LAUNCHES)
+def test_slurm_job_trains_the_weights_of_a_one_node_run(cluster, tiny_zoo, prompt_file, one_node_run, launch,
+                                                         tmp_path):
+    """The same launch path for one and two nodes: the per-node srun step, its CPU binding, the rendezvous under
+    the job's id, and the weights of the run without SLURM."""
+    nnodes, nproc, in_step = LAUNCHES[launch]
+    command = " ".join([str(BIN / "sidrepro"), "distill", "--out", str(tmp_path / "run"), "--nproc", str(nproc),
+                        "--nnodes", str(nnodes), *_distill_args(tiny_zoo["tiny-sana"], prompt_file)])
     with RankWatch(cluster) as ranks:
-        job, out = _run_job(cluster, tmp_path, (IN_A_STEP if launch == "job step" else "") + command,
-                            "--nodes=2", "--gres=gpu:1")
+        job, out = _run_job(cluster, tmp_path, (IN_A_STEP if in_step else "") + command, f"--nodes={nnodes}",
+                            f"--gres=gpu:{nproc}", f"--cpus-per-task={nproc}")
     records = _sacct(cluster, job)
     print(*records, sep="\n")
     print(*(line for line in out.splitlines() if re.search(r"cpu-bind|global_ranks|master_addr|rdzv_endpoint|run_id",
                                                             line)), sep="\n")
     print("rank -> node namespace:", ranks.seen)
     assert records[0].split("|")[2] == "COMPLETED", out[-5000:] + cluster.logs()
-    nodes = {r.split("|")[0]: r.split("|")[4] for r in records}
-    assert nodes[f"{job}.{1 if launch == 'job step' else 0}"] == "node[1-2]", records  # the per-node step
+    step = {r.split("|")[0]: r.split("|")[4] for r in records}[f"{job}.{1 if in_step else 0}"]
+    assert step == ("node[1-2]" if nnodes == 2 else "node1"), records  # the per-node step
 
-    _assert_rank_1_on_node2(out)
     assert re.search(r"rdzv_endpoint +: node1:\d+$", out, flags=re.MULTILINE), out
     assert re.search(rf"run_id +: {job}-0$", out, flags=re.MULTILINE), out
-    # Seen from outside the job: each rank's process lived in its node's network namespace.
-    assert ranks.seen == {"0": "node1", "1": "node2"}, ranks.seen
-    _assert_same_weights(one_node_run, tmp_path / "two", tiny_zoo["tiny-sana"])
+    if nnodes == 2:
+        _assert_rank_1_on_node2(out)
+        # Seen from outside the job: each rank's process lived in its node's network namespace.
+        assert ranks.seen == {"0": "node1", "1": "node2"}, ranks.seen
+    else:
+        assert re.search(r"^0: .*global_ranks=\[0, 1\]$", out, flags=re.MULTILINE), out
+        assert ranks.seen == {"0": "node1", "1": "node1"}, ranks.seen
+    _assert_same_weights(one_node_run, tmp_path / "run", tiny_zoo["tiny-sana"])
 
 
 def test_node_counts_that_do_not_fit_the_allocation_fail_the_job_with_a_named_error(cluster, tiny_zoo, tmp_path):

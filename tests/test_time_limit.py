@@ -6,8 +6,10 @@ never counts as finished. The first tests drive `sidrepro distill` and `sidrepro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -100,14 +102,19 @@ def _distill(out: Path, prompts: Path, zoo: Path, kimg: str, env: dict[str, str]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _prompt_file(folder: Path) -> Path:
+    path = folder / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
 @pytest.mark.slow
 def test_deadline_stops_resume_to_the_uninterrupted_weights(tmp_path, tiny_zoo):
     """Invocations stopped by their deadline (exit 75, state stopped, a checkpoint at the stop though the periodic
     ones are off), then one that finishes: the weights equal one uninterrupted invocation's, bit for bit. Each
     deadline leaves about a third of the training time that the uninterrupted run measured, after loading."""
     zoo = tiny_zoo["tiny-sana"].parent
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
+    prompts = _prompt_file(tmp_path)
     whole = _distill(tmp_path / "whole", prompts, zoo, "0.064", _env())
     assert whole.returncode == 0, whole.stderr[-3000:]
     status = read_status(tmp_path / "whole")
@@ -169,8 +176,9 @@ def _watch_stamp(status_file: Path, stamp: Path, stop: threading.Event, seen: li
 
 @pytest.mark.slow
 def test_a_run_longer_than_its_job_finishes_through_the_workflow_by_requeues(cluster: Cluster, tmp_path, tiny_zoo):
-    """One-minute jobs (the profile's cap), a distillation of about two minutes of training: each job stops ahead of
-    its limit with a checkpoint, requeues itself, and the third finishes. Nobody reruns anything."""
+    """One-minute jobs (the profile's cap), a distillation of about three jobs' training (sized from this machine's
+    measured speed): each job stops ahead of its limit with a checkpoint and requeues itself, and the last one
+    finishes. Nobody reruns anything."""
     shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
     shutil.copytree(REPO / "workflow", tmp_path / "workflow")
     profile = tmp_path / "workflow/profiles/slurm/config.yaml"
@@ -178,7 +186,14 @@ def test_a_run_longer_than_its_job_finishes_through_the_workflow_by_requeues(clu
     cfg = yaml.safe_load((REPO / "workflow/config/smoke.yaml").read_text(encoding="utf-8"))
     cfg["teachers"] = {"tiny-sana": {**cfg["teachers"]["tiny-sana"], "settings": ["data-free"], "teacher_row": False}}
     cfg["baselines"] = {}
-    cfg["distill"]["set"] = {**cfg["distill"]["set"], "duration_kimg": 0.32, "checkpoint_ticks": 1000}
+    lead_s, job_train_s = 10, 60 - 10 - 15  # a one-minute job: the stop lead, ~15 s to start and load
+    calibrate = _distill(tmp_path / "calibrate", _prompt_file(tmp_path), tiny_zoo["tiny-sana"].parent, "0.04",
+                         _env())
+    assert calibrate.returncode == 0, calibrate.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "calibrate/log.jsonl").read_text().splitlines()]
+    images_per_s = rows[0]["nimg"] / statistics.median(r["sec_per_iter"] for r in rows)
+    kimg = round(2.8 * job_train_s * images_per_s / 1000, 3)
+    cfg["distill"]["set"] = {**cfg["distill"]["set"], "duration_kimg": kimg, "checkpoint_ticks": 1000}
     cfg["data"]["prompts"] = {"list": PROMPTS}
     cfg["zoo"] = str(tiny_zoo["tiny-sana"].parent)  # the session's zoo: the workflow finds it built
     cfg["resources"] = {"distill": {"gpu": 1}}
@@ -186,7 +201,7 @@ def test_a_run_longer_than_its_job_finishes_through_the_workflow_by_requeues(clu
     run = tmp_path / "work/smoke/runs/tiny-sana/data-free"
     stamp = run.with_suffix(".done")
 
-    env = {**cluster.env, "OMP_NUM_THREADS": "1", "SIDREPRO_STOP_LEAD": "12"}
+    env = {**cluster.env, "OMP_NUM_THREADS": "1", "SIDREPRO_STOP_LEAD": str(lead_s)}
     stop, states = threading.Event(), []
     watcher = threading.Thread(target=_watch_stamp, args=(run / "status.json", stamp, stop, states), daemon=True)
     watcher.start()
@@ -200,7 +215,7 @@ def test_a_run_longer_than_its_job_finishes_through_the_workflow_by_requeues(clu
     log = (tmp_path / "work/smoke/logs/distill/tiny-sana-data-free.log")
     assert proc.returncode == 0, proc.stderr[-4000:] + (log.read_text()[-3000:] if log.exists() else "") + \
         cluster.logs()
-    print("states:", states)
+    print(f"{kimg} kimg; states: {states}")
     assert "STAMP-WHILE-STOPPED" not in states
     assert stamp.exists() and read_status(run)["state"] == "finished"
 

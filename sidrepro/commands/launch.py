@@ -11,12 +11,13 @@ Settings, and why:
   the job's command inside a step that already holds the first node's CPUs and GPUs; without it the new step waits
   for them forever. Explicit counts override the outer step's SLURM_NNODES/SLURM_NTASKS in the environment, and
   ``SLURM_JOB_NODELIST`` is set to the job's nodes: srun takes the allocation's nodes from it, and inside Snakemake's
-  step (whose srun ran with the job's SLURM variables dropped) it names that step's one node, so a step on two
-  nodes was refused ("Only allocated 1 nodes asked for 2").
+  step (whose srun ran with the job's SLURM variables dropped) it names that step's one node, where srun refuses a
+  step on more nodes ("Only allocated 1 nodes asked for 2").
 - **CPUs** (``--cpus-per-task`` = the CPUs the job holds on a node, the smallest such count where nodes differ, and
   ``--cpu-bind=verbose,cores``): the node's torchrun and its ranks are confined to the job's cores on that node
-  (``verbose`` logs each node's mask); the ranks share those cores. Each node's step gets all of the job's GPUs on
-  that node, as SLURM gives a step by default.
+  (``verbose`` logs each node's mask; a cluster without a task/affinity or task/cgroup plugin warns that it cannot
+  bind and runs unbound); the ranks share those cores. Each node's step gets all of the job's GPUs on that node, as
+  SLURM gives a step by default.
 - **Threads per rank**: ``OMP_NUM_THREADS`` = CPUs per node // ranks per node, so the ranks of a node do not
   oversubscribe it; an ``OMP_NUM_THREADS`` already set for the launcher is an upper bound (``OMP_NUM_THREADS=1``
   gives one thread per rank whatever the node).
@@ -32,8 +33,8 @@ Settings, and why:
 - **A rendezvous that survives a requeue**: id ``<job id>-<restart count>`` and, unless ``MASTER_PORT`` is set,
   port ``20000 + 4 * (job id mod 2500) + restarts mod 4`` (below the kernel's ephemeral ports; two jobs sharing a
   first node meet on different ports, and a requeued job never joins a store its previous run left behind). The
-  restart count is scontrol's ``Restarts`` (SLURM_RESTART_COUNT does not survive Snakemake's job step); a
-  resubmission is a new job id.
+  restart count is scontrol's ``Restarts`` (Snakemake's job step drops SLURM_RESTART_COUNT with every other SLURM
+  variable); a resubmission is a new job id.
 - **Process-group and NCCL settings**, exported to every rank unless the environment already sets them (a site or a
   user overrides any of them):
 
@@ -47,8 +48,9 @@ Settings, and why:
     ``--kill-on-bad-exit``. ``TORCH_NCCL_BLOCKING_WAIT=0``: no blocking wait (the watchdog covers timeouts without a
     CPU thread spinning per collective).
   - ``NCCL_DEBUG=WARN``: NCCL's warnings and errors in the job log, not its per-communicator INFO lines.
-  - ``LOGLEVEL=INFO``: the torchrun agent logs the rendezvous: which host joined as which node rank, and each node's
-    global ranks; the first lines to read when a multi-node job hangs or a rank fails.
+  - ``LOGLEVEL=INFO``: each torchrun agent logs its rendezvous endpoint and id, then the rendezvous' outcome (the
+    master address, its node rank and its global ranks); the first lines to read when a multi-node job hangs or a
+    rank fails.
 
   Network interfaces (``NCCL_SOCKET_IFNAME``, ``GLOO_SOCKET_IFNAME``, ``NCCL_IB_*``) belong to the cluster: set them
   in the environment of the job where needed (``srun`` passes the environment on). Ranks find their own address by
@@ -125,7 +127,15 @@ def parse_job(text: str, hostnames: Callable[[str], list[str]] = slurm_hostnames
 
 def slurm_allocation(job_id: str) -> Allocation:
     """The allocation of SLURM job ``job_id``, from ``scontrol show job -d``."""
-    out = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, check=True)
+    cmd = ["scontrol", "show", "job", "-d", job_id]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise LaunchError(f"`{' '.join(cmd)}` failed ({e}): the launcher reads the job's nodes and CPUs from it; "
+                          f"run inside the SLURM job with scontrol on PATH, or unset SLURM_JOB_ID") from e
+    if out.returncode != 0:
+        raise LaunchError(f"`{' '.join(cmd)}` failed: {out.stderr.strip()}; the launcher reads the job's nodes and "
+                          f"CPUs from it (is SLURM_JOB_ID={job_id} this job's id?)")
     return parse_job(out.stdout)
 
 
@@ -166,8 +176,9 @@ def rendezvous(alloc: Allocation, env: Mapping[str, str]) -> list[str]:
 
 
 def rank_environment(env: Mapping[str, str], cpus_per_node: int, nproc: int) -> list[str]:
-    """``NAME=value`` settings for ``env`` that every rank gets: threads per rank and the defaults of
-    ``RANK_DEFAULTS`` that ``env`` does not set itself."""
+    """The ``NAME=value`` settings every rank gets from a launcher whose environment is ``env``: threads per rank
+    (``cpus_per_node // nproc``, at most ``env``'s OMP_NUM_THREADS) and each of ``RANK_DEFAULTS`` that ``env`` does
+    not set itself."""
     threads = max(1, cpus_per_node // nproc)
     cap = env.get("OMP_NUM_THREADS", "")
     if cap.isdigit() and int(cap) > 0:

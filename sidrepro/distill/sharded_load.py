@@ -14,7 +14,6 @@ DCP shards are read into this rank's shard, or its single-process safetensors fi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ def local_part(t: Tensor) -> tuple[Tensor, int]:
 
     if not isinstance(t, DTensor):
         return t, 0
-    local = t._local_tensor  # the shard itself (to_local() may return a differentiable alias)
+    local = t.to_local()  # this rank's rows, sharing the shard's storage
     if all(isinstance(p, Replicate) for p in t.placements):
         return local, 0
     if t.device_mesh.ndim != 1 or t.placements != (Shard(0),):
@@ -124,8 +123,3 @@ def load_checkpoint_model(ckpt: Path, name: str, net: nn.Module, *, distributed:
     except Exception as e:
         raise CheckpointError(f"{ckpt}: reading model {name!r} failed ({type(e).__name__}: {e})") from e
     set_model_state_dict(net, sd)
-
-
-def checkpoint_nimg(ckpt: Path) -> int:
-    """The image count a checkpoint was saved at."""
-    return int(json.loads((Path(ckpt) / "state.json").read_text())["nimg"])

@@ -10,6 +10,7 @@ seeded by ``(seed, what, nimg, rank)``, so a resumed run replays exactly the dra
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import hashlib
 import json
@@ -69,7 +70,10 @@ def init_distributed() -> tuple[int, int, torch.device]:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # A collective may wait for a checkpoint of hundreds of GB on a slow filesystem: an hour by default, set by
+        # the launcher (sidrepro/commands/launch.py), instead of torch's ten minutes that would kill a healthy job.
+        timeout = datetime.timedelta(seconds=float(os.environ.get("SIDREPRO_PG_TIMEOUT_S", "3600")))
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return rank, world, device
 
 
