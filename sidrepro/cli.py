@@ -6,17 +6,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import curves, data, distill, envs, evaluate, geneval, plan, scores, status, tables, teachers
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from .commands import (
+    curves,
+    data,
+    distill,
+    envs,
+    evaluate,
+    geneval,
+    plan,
+    positive_int,
+    scores,
+    status,
+    tables,
+    teachers,
+)
 
 
 def _csv(choices: tuple[str, ...]):
@@ -37,8 +40,8 @@ def _add_toy(sub) -> None:
                        description="Train a flow-matching MLP teacher on a Gaussian mixture, distil it with SiD in "
                                    "both settings and measure every model's distance to the true data.")
     w = p.add_argument_group("world")
-    w.add_argument("--dim", type=_positive_int, default=world_defaults.dim, help="data dimension (default 2)")
-    w.add_argument("--modes", type=_positive_int, default=world_defaults.modes, help="mixture components (default 8)")
+    w.add_argument("--dim", type=positive_int, default=world_defaults.dim, help="data dimension (default 2)")
+    w.add_argument("--modes", type=positive_int, default=world_defaults.modes, help="mixture components (default 8)")
     w.add_argument("--seed", type=int, default=0, help="picks the world and seeds training (default 0)")
     w.add_argument("--mean-scale", type=float, default=world_defaults.mean_scale, help="spread of the mode means")
     w.add_argument("--min-std", type=float, default=world_defaults.min_std, help="narrowest mode axis (before scaling)")
@@ -47,12 +50,12 @@ def _add_toy(sub) -> None:
                    help="train the teacher on a misspecified mixture (0 = exact; 1 = strong)")
     w.add_argument("--unconditional", action="store_true", help="distil the null-label (unconditional) model")
     d = p.add_argument_group("distillation")
-    d.add_argument("--steps", type=_positive_int, default=4, help="generator steps N (default 4)")
+    d.add_argument("--steps", type=positive_int, default=4, help="generator steps N (default 4)")
     d.add_argument("--settings", type=_csv(("data-free", "data-aided")), default=("data-free", "data-aided"))
     d.add_argument("--noise", type=_csv(("fresh", "fixed", "ddim")), default=("fresh", "fixed", "ddim"))
-    d.add_argument("--iters", type=_positive_int, default=None,
+    d.add_argument("--iters", type=positive_int, default=None,
                    help="iterations per student (default 8000 in 2-D, 4000 above)")
-    d.add_argument("--batch", type=_positive_int, default=None, help="batch size")
+    d.add_argument("--batch", type=positive_int, default=None, help="batch size")
     d.add_argument("--lr", type=float, default=None,
                    help="learning rate of the fake-score network (default 1.5e-4 in 2-D, 6e-4 above)")
     d.add_argument("--glr", type=float, default=None,
@@ -60,11 +63,11 @@ def _add_toy(sub) -> None:
     d.add_argument("--ema", type=float, default=None,
                    help="EMA decay per iteration of the generator's weights (default 0: none, as the official code)")
     d.add_argument("--guidance", type=float, default=1.0, help="CFG scale for teacher and fake net (default 1)")
-    d.add_argument("--teacher-iters", type=_positive_int, default=None, help="teacher training iterations")
+    d.add_argument("--teacher-iters", type=positive_int, default=None, help="teacher training iterations")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-samples", type=_positive_int, default=None,
+    e.add_argument("--eval-samples", type=positive_int, default=None,
                    help="points per evaluation set (default 100,000: the ratio errors near the floor fall like 1/n)")
-    e.add_argument("--eval-repeats", type=_positive_int, default=None,
+    e.add_argument("--eval-repeats", type=positive_int, default=None,
                    help="independent evaluation sets, for the standard errors (default 10)")
     p.add_argument("--out", type=Path, default=Path("runs/toy"), help="output folder (default runs/toy)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -75,6 +75,18 @@ def slurm_end_time(job_id: str, run: Callable[..., subprocess.CompletedProcess] 
         return None
 
 
+def checkpoint_seconds_from(status: dict) -> float:
+    """How long a checkpoint of a run takes to write, from its ``status.json``: the last measured write, or, when
+    the last write never completed (``checkpoint_started`` still set: the job ended during it), at least twice the
+    time that write had before its job's end. Without the second rule a lead too short for the filesystem would
+    lose every stop checkpoint, and the run would never progress."""
+    seconds = float(status.get("checkpoint_seconds") or 0.0)
+    started, end = float(status.get("checkpoint_started") or 0.0), float(status.get("job_end") or 0.0)
+    if started and end > started:
+        seconds = max(seconds, 2.0 * (end - started))
+    return seconds
+
+
 def auto_lead(checkpoint_s: float, iteration_s: float) -> float:
     """Seconds of warning a job needs before its limit: the iteration in flight, a checkpoint, and margins."""
     return 2.0 * checkpoint_s + 2.0 * iteration_s + MARGIN_S
@@ -125,18 +137,21 @@ class Stopper:
             return self.explicit_lead
         return auto_lead(self.checkpoint_s or self.estimated_checkpoint_s, self.iteration_s)
 
+    def job_end(self) -> float | None:
+        """The unix time at which the scheduler ends this job, or None without a time limit."""
+        if self._fixed_deadline is not None:
+            return self._fixed_deadline
+        if not self.job_id:
+            return None
+        now = self.clock()
+        if now - self._queried >= REQUERY_S:
+            self._queried = now
+            self._end = self._end_time(self.job_id) or self._end
+        return self._end
+
     def deadline(self) -> float | None:
         """The unix time by which this invocation stops (job end minus lead), or None without a time limit."""
-        if self._fixed_deadline is not None:
-            end = self._fixed_deadline
-        elif self.job_id:
-            now = self.clock()
-            if now - self._queried >= REQUERY_S:
-                self._queried = now
-                self._end = self._end_time(self.job_id) or self._end
-            end = self._end
-        else:
-            return None
+        end = self.job_end()
         return None if end is None else end - self.lead
 
     def check_time_left(self) -> None:

@@ -23,7 +23,15 @@ from slurm_cluster import Cluster, slurm_cluster
 
 from sidrepro.distill.checkpoint import export_weights, find_latest
 from sidrepro.distill.runlog import read_status
-from sidrepro.stopping import EXIT_CONTINUE, REQUERY_S, LeadTooShortError, Stopper, auto_lead, slurm_end_time
+from sidrepro.stopping import (
+    EXIT_CONTINUE,
+    REQUERY_S,
+    LeadTooShortError,
+    Stopper,
+    auto_lead,
+    checkpoint_seconds_from,
+    slurm_end_time,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SIDREPRO = str(Path(sys.executable).parent / "sidrepro")
@@ -84,6 +92,16 @@ def test_slurm_end_time_reads_squeue_in_local_time():
     assert slurm_end_time("42", run=fake) == time.mktime((2026, 12, 6, 2, 51, 28, 0, 0, -1))
     unlimited = subprocess.CompletedProcess([], 0, "N/A\n", "")
     assert slurm_end_time("42", run=lambda cmd, **kw: unlimited) is None
+
+
+def test_a_checkpoint_write_cut_by_the_job_end_lengthens_the_next_lead():
+    """The last stop's write began 40 s before its job ended and never completed: the next invocation assumes at
+    least twice that, so its stop checkpoint fits (a lead that stays too short would never make progress)."""
+    cut = {"checkpoint_seconds": 12.0, "checkpoint_started": 1000.0, "job_end": 1040.0}
+    assert checkpoint_seconds_from(cut) == 80.0
+    done = {**cut, "checkpoint_started": 0.0}  # completed writes clear the mark
+    assert checkpoint_seconds_from(done) == 12.0
+    assert checkpoint_seconds_from({}) == 0.0
 
 
 def test_a_job_too_short_to_train_is_refused_not_requeued_forever(tmp_path):
@@ -225,8 +243,10 @@ def test_a_run_longer_than_its_job_finishes_through_the_workflow_by_requeues(clu
     print(*runs, sep="\n")
     assert [r[1] for r in runs].count("REQUEUED") >= 2 and runs[-1][1] == "COMPLETED", runs
     assert len({r[0] for r in runs}) == 1  # requeued, not resubmitted
-    text = log.read_text()
-    assert text.count("(time limit)") >= 2 and "requeued" in text, text[-3000:]
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["state"] for h in history] == ["stopped"] * (len(history) - 1) + ["finished"], history
+    assert len(history) >= 3 and {h["reason"] for h in history[:-1]} == {"time limit"}, history
+    assert {h["job_id"] for h in history} == {runs[0][0]}  # every invocation ran in the one requeued job
 
     # The same distillation in one uninterrupted invocation ends with the same weights, bit for bit.
     whole = tmp_path / "whole"

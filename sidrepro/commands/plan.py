@@ -8,15 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from . import positive_int
 
 
 def add(sub) -> None:
@@ -28,9 +20,9 @@ def add(sub) -> None:
                                    "N nodes.")
     p.add_argument("--configfile", type=Path, default=Path("workflow/config/paper.yaml"),
                    help="workflow config (default workflow/config/paper.yaml)")
-    p.add_argument("--nodes", type=_positive_int, default=None,
+    p.add_argument("--nodes", type=positive_int, default=None,
                    help="nodes shared by all jobs (default: the most any one job needs)")
-    p.add_argument("--gpus-per-node", type=_positive_int, default=8, help="GPUs per node (default 8)")
+    p.add_argument("--gpus-per-node", type=positive_int, default=8, help="GPUs per node (default 8)")
     p.add_argument("--gpu", default="h100",
                    help="GPU the figures are for: one measured in bench/results/sid_iteration_<gpu>.jsonl "
                         "(default h100)")

@@ -17,11 +17,13 @@ from torch import nn
 
 from ..atomic import write_json_atomic
 from ..sid.sampler import generate
+from ..stopping import checkpoint_seconds_from
 from ..teachers.base import TeacherAdapter
 from .config import RunConfig
 
 GRID_SEED = 2024  # the official loop's fixed grid latents
 STATUS_FILE = "status.json"
+HISTORY_FILE = "history.jsonl"  # one line per invocation that ended: how a run got where it is, job by job
 
 
 def read_status(run_dir: Path) -> dict:
@@ -33,9 +35,13 @@ def read_status(run_dir: Path) -> dict:
 
 
 def write_status(run_dir: Path, **fields) -> None:
-    """Update ``status.json`` with ``fields`` (keeping the other keys), stamped with the time and the job id."""
+    """Update ``status.json`` with ``fields`` (keeping the other keys), stamped with the time and the job id; an
+    invocation's last status (stopped, finished, failed) is also appended to ``history.jsonl``."""
     status = {**read_status(run_dir), **fields, "updated": time.time(), "job_id": os.environ.get("SLURM_JOB_ID", "")}
     write_json_atomic(Path(run_dir) / STATUS_FILE, status)
+    if status.get("state") in ("stopped", "finished", "failed"):
+        with (Path(run_dir) / HISTORY_FILE).open("a") as f:
+            f.write(json.dumps(status) + "\n")
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -62,7 +68,7 @@ class RunLog:
                             disable=not progress, leave=False)
 
     def status(self, state: str, nimg: int, *, checkpoint: Path | None = None, checkpoint_seconds: float = 0.0,
-               reason: str = "", deadline: float | None = None) -> None:
+               reason: str = "", deadline: float | None = None, job_end: float | None = None) -> None:
         """Rank 0 records where the run stands (see ``write_status``)."""
         if not self.active:
             return
@@ -70,11 +76,17 @@ class RunLog:
         write_status(self.out, state=state, nimg=nimg, total_nimg=self.total, reason=reason,
                      images_per_sec=(nimg - self.nimg_start) / max(elapsed, 1e-9), started=self.started,
                      checkpoint=checkpoint.name if checkpoint else "", checkpoint_seconds=checkpoint_seconds,
-                     deadline=deadline)
+                     checkpoint_started=0.0, deadline=deadline, job_end=job_end)
+
+    def checkpoint_starts(self) -> None:
+        """Rank 0 notes that a checkpoint write begins: if the job ends before it is complete, the next invocation
+        learns from this how long the write took at least (``stopping.checkpoint_seconds_from``)."""
+        if self.active:
+            write_status(self.out, checkpoint_started=time.time())
 
     def previous_checkpoint_seconds(self) -> float:
-        """How long the last checkpoint of an earlier invocation took to write (0 if unknown)."""
-        return float(read_status(self.out).get("checkpoint_seconds") or 0.0)
+        """How long a checkpoint of this run takes to write, as earlier invocations saw it (0 if unknown)."""
+        return checkpoint_seconds_from(read_status(self.out))
 
     def accumulate(self, stats: dict[str, float]) -> None:
         """Add one micro-batch's per-sample means (averaged over micro-batches at the next ``step``)."""

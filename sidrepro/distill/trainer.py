@@ -289,17 +289,18 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     def checkpoint() -> Path:
         st = {"nimg": nimg, "bad_iters": bad_iters, "init_nimg": init_nimg, "config": asdict(cfg),
               "code": code_revision()}
+        log.checkpoint_starts()
         t0 = time.perf_counter()
         path = save_checkpoint(out, nimg, models=models, optimizers=optims, state=st, keep=cfg.keep_checkpoints,
                                sharded=world > 1)
         stopper.observe_checkpoint(time.perf_counter() - t0)
         log.status("running", nimg, checkpoint=path, checkpoint_seconds=stopper.checkpoint_s,
-                   deadline=stopper.deadline())
+                   deadline=stopper.deadline(), job_end=stopper.job_end())
         return path
 
     last_ckpt = latest
     log.status("running", nimg, checkpoint=latest, checkpoint_seconds=stopper.checkpoint_s,
-               deadline=stopper.deadline())
+               deadline=stopper.deadline(), job_end=stopper.job_end())
     reason = ""
     while nimg < stop_at:
         reason = stopper.reason()
@@ -377,7 +378,8 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     if not finished and not reason:
         reason = "stop_after_kimg"
     log.status("finished" if finished else "stopped", nimg, checkpoint=last_ckpt,
-               checkpoint_seconds=stopper.checkpoint_s, reason=reason, deadline=stopper.deadline())
+               checkpoint_seconds=stopper.checkpoint_s, reason=reason, deadline=stopper.deadline(),
+               job_end=stopper.job_end())
     log.close(nimg, finished=finished)
     if world > 1:  # no rank exits (and so ends the job for torchrun) before rank 0 has written the run's status
         torch.distributed.barrier()

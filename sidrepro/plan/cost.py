@@ -26,7 +26,7 @@ from ..evaluate.geneval import NUM_PROMPTS
 from ..evaluate.reference import SUBSETS
 from ..teachers.architectures import ARCHITECTURES
 from .bench import Bench, Figure
-from .models import ARCH_OF, SampledModel, params, repos_of, sampled_model
+from .models import ARCH_OF, SampledModel, repos_of, sampled_model
 from .workflow import Job, distill_overrides, model_ids
 
 BANDWIDTH_MB_S = 100.0  # assumed download speed from the hub (MB/s)
@@ -120,8 +120,7 @@ def distill_runs(config: dict[str, Any], jobs: dict[str, Job], bench: Bench, gpu
         if arch is not None and job.gpus > 0:
             micro_ms = bench.micro_batch_ms(arch, cfg.precision, gpu, cfg.resolution, micro)
             memory = estimate(arch, precision=cfg.precision, gpus=world, batch_gpu=micro, resolution=cfg.resolution,
-                              grad_checkpointing=cfg.grad_checkpointing, text_encoders_on_gpu=not cfg.park_encoders,
-                              params=params(arch))
+                              grad_checkpointing=cfg.grad_checkpointing, text_encoders_on_gpu=not cfg.park_encoders)
         runs[(t, s)] = DistillRun(t, s, world, iterations, cfg.batch, micro, rounds, cfg, micro_ms, memory)
     return runs
 

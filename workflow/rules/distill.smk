@@ -15,8 +15,8 @@ allocation (sidrepro/commands/launch.py), each rank with the node's CPUs divided
 
 Time limits: the job's runtime is the cluster profile's cap, not a number of this config. `sidrepro distill` stops
 ahead of its job's limit with a checkpoint and, with ``--on-stop requeue``, requeues its own SLURM job, which then
-resumes; the stamp is written only when the run is finished (exit status 0), never after a stop (status 75). The log
-is appended to, one section per job.
+resumes; the stamp is written only when the run is finished (exit status 0), never after a stop (status 75). Each
+job's log replaces the last one's; the run folder's ``history.jsonl`` keeps one line per job (how and where it ended).
 """
 
 
@@ -42,11 +42,10 @@ rule distill:
         ENV
     shell:
         "export OMP_NUM_THREADS={params.threads_per_rank}; "
-        "echo \"== $(date -Is) job ${{SLURM_JOB_ID:-local}} restart ${{SLURM_RESTART_COUNT:-0}}\" >> {log}; "
         "sidrepro distill --teacher {wildcards.teacher} --setting {wildcards.setting} --out {params.run} "
         "--snapshot {params.snapshot} {params.args} --nproc {params.nproc} --nnodes {resources.nodes} "
         "--on-config-change restart --on-stop requeue --quiet "
-        ">> {log} 2>&1 && cp {params.run}/config.json {output}"
+        "> {log} 2>&1 && cp {params.run}/config.json {output}"
 
 
 rule export:

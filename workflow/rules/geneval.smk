@@ -143,7 +143,7 @@ if GENEVAL:
             "sidrepro sample {params.who} --on-plan-change restart --captions {params.captions} "
             "--resolution-out {params.resolution} "
             "--out {params.folder} --shard {wildcards.shard} --num-shards {params.num_shards} --batch {params.batch} "
-            "--seed {params.seed} --on-stop requeue --quiet >> {log} 2>&1 && touch {output}"
+            "--seed {params.seed} --on-stop requeue --quiet > {log} 2>&1 && touch {output}"
 
     rule geneval_merge:
         input:

@@ -34,7 +34,7 @@ rule sample:
         "sidrepro sample {params.who} --on-plan-change restart --reference {params.reference} "
         "--subset {params.subset} --out {params.folder} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --batch {params.batch} --on-stop requeue --quiet "
-        ">> {log} 2>&1 && touch {output}"
+        "> {log} 2>&1 && touch {output}"
 
 
 rule merge_samples:
