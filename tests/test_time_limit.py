@@ -156,6 +156,19 @@ def test_deadline_stops_resume_to_the_uninterrupted_weights(tmp_path, tiny_zoo):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_a_failed_invocation_is_recorded_as_failed_not_stopped(tmp_path, tiny_zoo):
+    """An invocation that fails (here: an empty prompt file) says so in status.json and history.jsonl, and exits
+    with an error, not with 75: a failure must never be requeued as if the run only needed more time."""
+    (tmp_path / "empty.txt").write_text("\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = _distill(run, tmp_path / "empty.txt", tiny_zoo["tiny-sana"].parent, "0.008", _env())
+    assert proc.returncode not in (0, EXIT_CONTINUE), proc.stderr[-2000:]
+    status = read_status(run)
+    assert status["state"] == "failed" and "prompt" in status["reason"], status
+    assert json.loads((run / "history.jsonl").read_text().splitlines()[-1])["state"] == "failed"
+
+
 @pytest.mark.slow
 def test_a_sampling_shard_stops_at_its_deadline_and_a_rerun_finishes_it(tmp_path, tiny_zoo):
     captions = tmp_path / "captions.jsonl"

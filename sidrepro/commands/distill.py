@@ -4,6 +4,7 @@ folder, and sample images from it in 4 steps."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -128,8 +129,10 @@ def _distill(args: argparse.Namespace) -> int:
     try:
         _train(args)
     except Exception as e:
-        if os.environ.get("RANK", "0") == "0":
-            write_status(args.out, state="failed", reason=f"{type(e).__name__}: {e}")
+        # A run folder records why its invocation failed; bad arguments (no folder yet) only get their own error.
+        if os.environ.get("RANK", "0") == "0" and args.out.is_dir():
+            with contextlib.suppress(OSError):
+                write_status(args.out, state="failed", reason=f"{type(e).__name__}: {e}")
         raise
     if "WORLD_SIZE" in os.environ:  # a rank of a relaunch: the launcher decides; a stopped rank never says "done"
         from ..distill.runlog import read_status
