@@ -10,8 +10,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,10 +18,9 @@ import pytest
 import torch
 from fsdp_checkpoint_worker import make_pair
 from torch import nn
+from torchrun_workers import run_workers
 
 from sidrepro.distill.checkpoint import CheckpointError, export_weights, find_latest, load_checkpoint, save_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pair(seed: int = 0, width: int = 16):
@@ -235,19 +232,7 @@ def test_mismatched_models_name_the_folder_and_the_keys(tmp_path):
 
 
 def _torchrun(mode: str, run_dir: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "fsdp_checkpoint_worker.py"), mode, str(run_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    # own session, so that a hang (the failure this guards against) kills the workers too, not just torchrun
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun {mode} hung for 120 s:\n{out[-3000:]}")
-    assert proc.returncode == 0, f"torchrun {mode} failed:\n{out[-5000:]}"
+    run_workers("fsdp_checkpoint_worker.py", mode, str(run_dir))
 
 
 def test_fsdp2_sharded_checkpoint_resumes_exactly(tmp_path):

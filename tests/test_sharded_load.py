@@ -7,14 +7,12 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import diffusers
 import pytest
 import torch
+from torchrun_workers import run_workers
 
 from sidrepro.distill.checkpoint import export_weights
 from sidrepro.distill.config import resolve_config
@@ -24,23 +22,11 @@ from sidrepro.distill.tensor_files import TensorFiles, write_safetensors
 from sidrepro.distill.trainer import train
 from sidrepro.teachers.load import load_teacher
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cube on a table", "two cats asleep", "a lighthouse at dusk", "a bowl of fruit"]
 
 
 def _torchrun(mode: str, out: Path, zoo: Path, *extra: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "sharded_load_worker.py"), mode, str(out), str(zoo), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        log, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"torchrun {mode} hung for 300 s:\n{log[-3000:]}")
-    assert proc.returncode == 0, f"torchrun {mode} failed:\n{log[-5000:]}"
+    run_workers("sharded_load_worker.py", mode, str(out), str(zoo), *extra, timeout=300)
     return json.loads((out / f"{mode}.json").read_text())
 
 
