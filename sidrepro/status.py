@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .runstatus import STATUS_FILE
+
 # The checkpoint marker and sample-folder names of sidrepro.distill.checkpoint and sidrepro.evaluate.sampling; those
 # modules import torch, so the names are repeated here (tests/test_status.py pins them to the originals).
 CHECKPOINT_MARKER = "COMPLETE"
@@ -195,7 +197,7 @@ def read_run(folder: Path, *, name: str, done_stamp: Path | None = None, fid_csv
     ckpt, ckpt_time = _latest_checkpoint(folder / "checkpoints")
     if ckpt:
         run.checkpoint, run.checkpoint_age = ckpt, now - ckpt_time
-    status = _read_json(folder / "status.json", notes)
+    status = _read_json(folder / STATUS_FILE, notes)
     row, log_time = _last_log_row(folder / "log.jsonl", notes)
     config = _read_json(folder / "config.json", notes)
     resolved = config.get("config") if isinstance(config, dict) else None

@@ -7,7 +7,8 @@ The job's deadline comes from the scheduler, not from the experiment config:
 * SLURM: the job's end time (``squeue -j $SLURM_JOB_ID -o %e``), read by rank 0 at start and again every few
   minutes, since an administrator may extend a running job's limit;
 * ``SIDREPRO_DEADLINE``: a unix time, for other schedulers (set it in the job script), or ``+S``: S seconds after
-  the stopper is made (once the networks are loaded), a fixed time budget per invocation.
+  the stopper is made (in `sidrepro distill` once the networks are loaded; in `sidrepro sample` before the model
+  loads), a fixed time budget per invocation.
 
 The run stops once the time left is below the *lead*: the time to finish the iteration in flight and write a
 checkpoint, with a margin. Automatic by default: twice the checkpoint write time (measured on this run's last

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from sidrepro.distill.config import resolve_config
 from sidrepro.distill.export import export_student, generate_images
-from sidrepro.distill.runlog import read_status
 from sidrepro.distill.trainer import ALLOC_CONF, set_allocator_defaults, train
+from sidrepro.runstatus import read_status
 from sidrepro.stopping import EXIT_CONTINUE
 from sidrepro.teachers.load import load_teacher
 

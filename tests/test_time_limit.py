@@ -22,7 +22,7 @@ import yaml
 from slurm_cluster import Cluster, slurm_cluster
 
 from sidrepro.distill.checkpoint import export_weights, find_latest
-from sidrepro.distill.runlog import read_status
+from sidrepro.runstatus import read_status
 from sidrepro.stopping import (
     EXIT_CONTINUE,
     REQUERY_S,

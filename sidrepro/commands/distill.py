@@ -99,7 +99,7 @@ def _outcome(args: argparse.Namespace, started: float, rc: int) -> int:
     """The exit status of an invocation, from what its rank 0 wrote to ``status.json`` after ``started``: 0 when
     the run is finished, ``EXIT_CONTINUE`` (and a requeue with ``--on-stop requeue``) when it stopped to be
     continued, otherwise the ranks' own failure. A status left by an earlier invocation is never trusted."""
-    from ..distill.runlog import read_status
+    from ..runstatus import read_status
     from ..stopping import EXIT_CONTINUE, requeue_slurm_job
 
     status = read_status(args.out)
@@ -119,8 +119,9 @@ def _outcome(args: argparse.Namespace, started: float, rc: int) -> int:
 def _distill(args: argparse.Namespace) -> int:
     import time
 
-    from ..distill.runlog import write_status
     from ..distill.trainer import set_allocator_defaults
+    from ..runstatus import read_status, write_status
+    from ..stopping import EXIT_CONTINUE
 
     set_allocator_defaults()  # before any CUDA allocation, and inherited by the ranks of a relaunch
     started = time.time()
@@ -135,9 +136,6 @@ def _distill(args: argparse.Namespace) -> int:
                 write_status(args.out, state="failed", reason=f"{type(e).__name__}: {e}")
         raise
     if "WORLD_SIZE" in os.environ:  # a rank of a relaunch: the launcher decides; a stopped rank never says "done"
-        from ..distill.runlog import read_status
-        from ..stopping import EXIT_CONTINUE
-
         return 0 if read_status(args.out).get("state") == "finished" else EXIT_CONTINUE
     return _outcome(args, started, 0)
 

@@ -1,12 +1,11 @@
 """What a distillation run shows while it trains: a progress bar, a JSON-lines log (losses, gradient norms, images
-seen, seconds per iteration, images per second, peak memory), ``status.json`` (state, images seen, the last
-checkpoint and how long it took to write, the job's deadline: what `sidrepro status` reads on a login node), PNG
+seen, seconds per iteration, images per second, peak memory), ``status.json`` and ``history.jsonl``
+(``sidrepro.runstatus``: state, images seen, the last checkpoint and its write time, the job's deadline), PNG
 sample grids from fixed latents at 1 and N steps, and loss curves. Only rank 0 writes."""
 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from collections import defaultdict
@@ -15,33 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import write_json_atomic
+from ..runstatus import read_status, write_status
 from ..sid.sampler import generate
 from ..stopping import checkpoint_seconds_from
 from ..teachers.base import TeacherAdapter
 from .config import RunConfig
 
 GRID_SEED = 2024  # the official loop's fixed grid latents
-STATUS_FILE = "status.json"
-HISTORY_FILE = "history.jsonl"  # one line per invocation that ended: how a run got where it is, job by job
-
-
-def read_status(run_dir: Path) -> dict:
-    """The run folder's ``status.json`` ({} when absent or unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_status(run_dir: Path, **fields) -> None:
-    """Update ``status.json`` with ``fields`` (keeping the other keys), stamped with the time and the job id; an
-    invocation's last status (stopped, finished, failed) is also appended to ``history.jsonl``."""
-    status = {**read_status(run_dir), **fields, "updated": time.time(), "job_id": os.environ.get("SLURM_JOB_ID", "")}
-    write_json_atomic(Path(run_dir) / STATUS_FILE, status)
-    if status.get("state") in ("stopped", "finished", "failed"):
-        with (Path(run_dir) / HISTORY_FILE).open("a") as f:
-            f.write(json.dumps(status) + "\n")
 
 
 def peak_memory_gib(device: torch.device) -> float:
