@@ -96,7 +96,7 @@ def _model(source: dict[str, str], record: dict[str, Any]) -> dict[str, Any]:
                    checkpoint={"path": str(ckpt), "exists": ckpt.is_dir(),
                                "sha256": folder_digest(ckpt) if ckpt.is_dir() else None},
                    params=meta.get("config", {}), params_sha256=params_digest(meta.get("config", {})),
-                   train_code=meta.get("code", {}))
+                   train_code=meta.get("code", {}), selection=meta.get("selection"))
         return out
     for name in SNAPSHOT_MARKERS:
         marker = _read_json(folder / name)
@@ -183,6 +183,13 @@ def _code(code: dict[str, Any]) -> str:
     return f"{code.get('commit') or '(not a git checkout)'}{dirty} (sidrepro {code.get('version', '?')})"
 
 
+def _selection_line(sel: dict[str, Any]) -> str:
+    last = sel["last"]
+    return (f"snapshot {sel['snapshot']} ({sel['kimg']:g} kimg) by {sel['rule']} among {sel['candidates']} scored on "
+            f"{sel['num_images']} {sel['subset']} captions ({sel['protocol']}): FID {sel['fid']:.4g}, CLIP "
+            f"{sel['clip']:.4g}; last snapshot {last['kimg']:g} kimg: FID {last['fid']:.4g}, CLIP {last['clip']:.4g}")
+
+
 def format_trace(t: dict[str, Any]) -> str:
     """A readable report of ``trace``'s result."""
     lines = [f"{t['table']}: {t['block']} / {t['row']} ({t['setting']}), model {t['model_id']}, run {t['run']}"]
@@ -209,6 +216,9 @@ def format_trace(t: dict[str, Any]) -> str:
     if "checkpoint" in mod:
         ck = mod["checkpoint"]
         lines.append(f"  checkpoint {ck['path']}  sha256 {ck['sha256'] or '(missing)'}; {mod['images_seen']} images")
+        sel = mod.get("selection")
+        lines.append(f"  selected   {_selection_line(sel)}" if sel else
+                     "  selected   no rule: the run's latest checkpoint (exported without --select)")
         lines.append(f"  teacher    {mod['teacher_hub_id']}@{mod['teacher_revision']} "
                      f"commit {mod['teacher_commit'] or '-'}; setting {mod['setting']}")
         lines.append(f"  params     sha256 {mod['params_sha256']} ({len(mod['params'])} values, --json lists them)")

@@ -16,6 +16,10 @@ checkpoint, or before the first one estimated from the checkpoint's bytes at a c
 the slowest iteration seen, plus a fixed margin. ``SIDREPRO_STOP_LEAD`` (seconds) sets it explicitly; a lead shorter
 than a measured checkpoint write is refused, since the job would be killed mid-write.
 
+A run that scores its generator snapshots as it trains (snapshot selection) also checks, before each scoring,
+that it fits before the lead (the last scoring's measured duration; before the first, an estimate); when it does
+not, it stops there with a checkpoint and the next invocation scores that snapshot first.
+
 Other stops: SIGTERM or SIGUSR1 (preemption, ``scancel --signal``), and a file ``STOP`` in the run folder (touch it
 to stop a run cleanly from a login node; it is removed when honoured). Signals are best effort: a scheduler that
 sends SIGTERM at the limit itself kills the job a grace period later (``KillWait``, 30 s by default), which a large
@@ -98,7 +102,7 @@ class Stopper:
     every rank must then agree through a collective (the trainer's ``_any_rank``)."""
 
     def __init__(self, run_dir: Path, *, checkpoint_bytes: int, measured_checkpoint_s: float = 0.0,
-                 query_scheduler: bool = True, env: dict[str, str] | None = None,
+                 measured_evaluation_s: float = 0.0, query_scheduler: bool = True, env: dict[str, str] | None = None,
                  clock: Callable[[], float] = time.time,
                  end_time: Callable[[str], float | None] = slurm_end_time) -> None:
         env = dict(os.environ if env is None else env)
@@ -107,6 +111,7 @@ class Stopper:
         self.estimated_checkpoint_s = checkpoint_bytes / (WRITE_RATE_GBPS * 1e9)
         self.checkpoint_s = measured_checkpoint_s
         self.iteration_s = 0.0
+        self.evaluation_s = measured_evaluation_s
         self.explicit_lead = float(env["SIDREPRO_STOP_LEAD"]) if env.get("SIDREPRO_STOP_LEAD") else None
         if self.explicit_lead is not None and measured_checkpoint_s and self.explicit_lead < measured_checkpoint_s:
             raise LeadTooShortError(
@@ -131,6 +136,16 @@ class Stopper:
 
     def observe_checkpoint(self, seconds: float) -> None:
         self.checkpoint_s = seconds  # the latest write: the filesystem's speed now
+
+    def observe_evaluation(self, seconds: float) -> None:
+        self.evaluation_s = seconds  # the latest snapshot scoring
+
+    def evaluation_fits(self, estimate_s: float) -> bool:
+        """Whether scoring a snapshot now (the last measured duration, else ``estimate_s``) still leaves the lead
+        before the job's end. When it does not, the trainer stops with a checkpoint and the next job scores the
+        snapshot first, instead of being killed half-way through the scoring."""
+        end = self.job_end()
+        return end is None or self.clock() + (self.evaluation_s or estimate_s) + self.lead < end
 
     @property
     def lead(self) -> float:

@@ -2,8 +2,10 @@
 
 Torch-free. A *mapping* says which metrics file stands for which paper row: ``{model id: {"table", "block",
 "setting", "row" (optional case-insensitive substring of the paper's row name), "steps" (optional)}}``; the workflow
-derives it from its config. Paper rows without a metrics file keep empty "ours" cells; metrics files that match no
-paper row become "ours only" rows (e.g. a data-aided FLUX student, which the paper does not report).
+derives it from its config, with the planned ``resolution`` of each row and, for a sweep row, ``sweep`` (the swept
+preset value, e.g. ``guidance=3.5``). Paper rows without a metrics file keep empty "ours" cells; metrics files that
+match no paper row become "ours only" rows (e.g. a data-aided FLUX student, which the paper does not report); a sweep
+row is a row of its own after the paper's, next to the paper numbers of the row it varies.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ METRICS: dict[str, str] = {"FID_coco10k": "fid", "CLIP_vitg14": "clip_score", "G
 # The metrics measured outside ``sidrepro evaluate``, each in a score file of its own.
 SCORE_KEYS = tuple(k for k in METRICS.values() if k not in ("fid", "clip_score"))
 SETTINGS = ("teacher", "data-free", "data-aided", "baseline-distilled")
-ROW_COLUMNS = ["run", "paper_version", "table", "block", "row", "setting", "steps", "params_B", "source", "model",
-               "protocol", "num_images", "complete", "provenance", "metrics_file", "score_files"]
+# steps/resolution_paper: as printed (resolution often "inferred"); resolution/steps/guidance_ours: what our row was
+# sampled with; sweep: the preset value a sweep row changes (``guidance=3.5``), empty for the config's own rows.
+ROW_COLUMNS = ["run", "paper_version", "table", "block", "row", "setting", "steps", "params_B", "resolution_paper",
+               "resolution_ours", "steps_ours", "guidance_ours", "sweep", "source", "model", "protocol", "num_images",
+               "complete", "snapshot_kimg", "selected_by", "last_snapshot", "provenance", "metrics_file",
+               "score_files"]
 
 
 def read_paper(path: Path = PAPER_CSV) -> list[dict[str, str]]:
@@ -68,6 +74,34 @@ def _matches(row: Mapping[str, str], entry: Mapping[str, Any]) -> bool:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
+
+
+def _resolution(model: str, record: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+    """The resolution a row's images were generated at: the metrics record's, else its sample manifest's first row,
+    else the mapping's plan. Samples drawn at another resolution than planned are an error (the table would mix)."""
+    measured = record.get("resolution")
+    manifest = Path(str(record.get("sample_manifest", "")))
+    if measured is None and record.get("sample_manifest") and manifest.is_file():
+        with manifest.open(encoding="utf-8") as f:
+            first = f.readline()
+        measured = json.loads(first).get("resolution") if first.strip() else None
+    planned = entry.get("resolution")
+    if measured is not None and planned is not None and int(measured) != int(planned):
+        raise ValueError(f"{model}: its samples were generated at {measured} px but its table block samples at "
+                         f"{planned} px; sample it again (the workflow does so when the block's resolution changes)")
+    value = measured if measured is not None else planned
+    return "" if value is None else str(int(value))
+
+
+def _selection_columns(sel: Mapping[str, Any] | None) -> dict[str, str]:
+    """Which generator snapshot a student row reports, the rule that chose it, and the run's last snapshot's
+    numbers on the same captions (``sidrepro export --select``); empty for teachers, baselines and unselected
+    students."""
+    if not sel:
+        return {}
+    last = sel["last"]
+    return {"snapshot_kimg": _fmt(sel["kimg"]), "selected_by": f"{sel['rule']} on {sel['subset']} ({sel['protocol']})",
+            "last_snapshot": f"{_fmt(last['kimg'])} kimg: FID {_fmt(last['fid'])}, CLIP {_fmt(last['clip'])}"}
 
 
 def read_scores(files: Iterable[Path]) -> dict[str, dict[str, tuple[float, Path]]]:
@@ -119,27 +153,38 @@ def build_table(table: str, version: str, metrics: Iterable[Path], mapping: Mapp
         if len(hits) > 1:
             raise ValueError(f"{model}: matches {len(hits)} paper rows ({'; '.join(rows[i]['row'] for i in hits)}); "
                              "add 'row' or 'steps' to its mapping entry")
-        if hits:
+        if entry.get("sweep"):  # a row of its own, next to the paper numbers of the row whose preset it varies
+            base = dict(rows[hits[0]]) if hits else {"block": entry["block"], "row": model,
+                                                     "setting": entry["setting"], "steps": "", "params_B": ""}
+            extra.append({**base, "row": f"{base['row']} [{entry['sweep']}]", "_source": "sweep",
+                          "_ours": (model, path, record)})
+        elif hits:
             if hits[0] in ours:
                 raise ValueError(f"paper row {rows[hits[0]]['row']!r} is claimed by {ours[hits[0]][0]} and {model}")
             ours[hits[0]] = (model, path, record)
         else:  # the paper has no such row (e.g. data-aided FLUX): ours only
             extra.append({"paper_version": version, "table": table, "block": entry["block"], "row": model,
                           "setting": entry["setting"], "steps": str(record.get("steps") or ""), "params_B": "",
-                          "_ours": (model, path, record)})
+                          "_source": "ours only", "_ours": (model, path, record)})
     out = []
     for i, r in enumerate(rows + extra):
         found = ours.get(i) if i < len(rows) else r.pop("_ours")
         line = {"run": run, "paper_version": version, "table": table, "block": r["block"], "row": r["row"],
                 "setting": r["setting"], "steps": r["steps"], "params_B": r["params_B"],
-                "source": "paper" if i < len(rows) else "ours only", "model": "", "protocol": "", "num_images": "",
-                "complete": "", "provenance": "", "metrics_file": "", "score_files": ""}
+                "resolution_paper": r.get("resolution", ""), "resolution_ours": "", "steps_ours": "",
+                "guidance_ours": "", "sweep": "", "source": "paper" if i < len(rows) else r.pop("_source"),
+                "model": "", "protocol": "", "num_images": "", "complete": "", "snapshot_kimg": "",
+                "selected_by": "", "last_snapshot": "", "provenance": "", "metrics_file": "", "score_files": ""}
         record: dict[str, Any] = {}
         if found is not None:
             model, path, record = found
+            line.update(resolution_ours=_resolution(model, record, mapping[model]),
+                        steps_ours=_fmt(record.get("steps")), guidance_ours=_fmt(record.get("guidance")),
+                        sweep=str(mapping[model].get("sweep", "")))
             line.update(model=model, protocol=str(record.get("protocol_id", "")),
                         num_images=str(record.get("num_images", "")), complete=str(record.get("complete", "")),
-                        provenance=_sha12(path), metrics_file=str(path), score_files=record["_score_files"])
+                        provenance=_sha12(path), metrics_file=str(path), score_files=record["_score_files"],
+                        **_selection_columns(record.get("selection")))
         for col, key in METRICS.items():
             paper_value = r.get(col, "")
             mine = record.get(key)
@@ -179,7 +224,8 @@ def table_metrics(rows: list[dict[str, str]]) -> dict[str, Any]:
     for r in rows:
         if not r["model"]:
             continue
-        entry: dict[str, Any] = {k: r[k] for k in ("block", "row", "setting", "steps", "protocol", "provenance")}
+        entry: dict[str, Any] = {k: r[k] for k in ("block", "row", "setting", "steps", "resolution_ours", "steps_ours",
+                                                   "guidance_ours", "sweep", "protocol", "provenance")}
         entry["num_images"] = int(r["num_images"]) if r["num_images"] else None
         for col in METRICS:
             if r[f"{col}_ours"]:

@@ -95,8 +95,15 @@ def test_measured_figures_equal_the_bench_rows_they_name(paper):
     assert (row["teacher"], row["precision"], row["batch_gpu"]) == ("sana-1.6b", run.cfg.precision, run.micro)
     hours = run.iterations * run.rounds * row["iteration_ms"] / 3.6e6
     assert run.hours.value == pytest.approx(hours, rel=1e-12)
+    # The job also scores its generator snapshots: 20 of them (1M images, one per 51.2k and the end) x the 10k
+    # evaluation captions shared by its GPUs, at the student's sampling time per image.
+    from sidrepro.plan.cost import scoring_hours
+    from sidrepro.plan.workflow import load_config
+
+    scoring = scoring_hours(load_config(CONFIGS["paper"]), run, paper.sampling["sana-1.6b--data-free"])
+    assert scoring.source.startswith("20 scored snapshots x 10000 images / 8 GPUs") and scoring.value > 0
     distill = next(t for t in paper.types if t.name == "distill sana-1.6b data-free")
-    assert distill.gpu_hours == pytest.approx(hours * run.world, rel=1e-12)
+    assert distill.gpu_hours == pytest.approx((hours + scoring.value) * run.world, rel=1e-12)
     # On the H200, SD3-Medium was measured: its figure is that row's, not an extrapolation.
     h200 = Bench().micro_batch_ms("sd3-medium", "amp", "h200", 1024, 2)
     assert h200.basis == "measured" and h200.value == _row(h200.source)["iteration_ms"]

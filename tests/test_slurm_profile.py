@@ -30,7 +30,7 @@ CLUSTER_BLOCK = """\
     slurm_account: "'proj'"
     mem_mb: 4000
 """
-GPU_RULES = {"coco_reference", "distill", "sample", "geneval_sample", "evaluate", "fid_curve", "score"}
+GPU_RULES = {"coco_reference", "distill", "sample", "geneval_sample", "evaluate", "score"}
 
 
 def _workflow(folder: Path) -> None:

@@ -171,13 +171,21 @@ def test_smoke_chain_for_table1(tmp_path, separate_envs):
     report = _snakemake(*args, "--report", "report.html", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
-    for name in ["table1.csv", "Training curves", "Samples", "FID per checkpoint", "tiny-sana--data-free.png",
+    for name in ["table1.csv", "Training curves", "Samples", "FID per snapshot", "tiny-sana--data-free.png",
                  "tiny-sana--data-aided.png", "teacher--tiny-sana.png", "baseline--tiny-sana-sprint-4step.png"]:
         assert name in html, name
-    # FID per kept checkpoint of each run, against the images seen (data-aided counts the data-free run's too).
-    for setting, kimgs in (("data-free", [0.004, 0.008]), ("data-aided", [0.016, 0.020, 0.024])):
+    # FID of every snapshot each run scored as it trained, against the images seen (data-aided counts the data-free
+    # run's too); the table's student row reports the circled best-FID one and names the rule.
+    students = {r["model"]: r for r in measured if r["setting"] in ("data-free", "data-aided")}
+    for setting, kimgs in (("data-free", [0.004, 0.008]), ("data-aided", [0.012, 0.016, 0.020, 0.024])):
         rows = list(csv.DictReader((tmp_path / f"work/smoke/report/fid/tiny-sana--{setting}.csv").open()))
         assert [float(r["kimg"]) for r in rows] == kimgs and all(float(r["fid"]) > 0 for r in rows), rows
+        best = min(rows, key=lambda r: (float(r["fid"]), float(r["kimg"])))
+        assert [r["selected"] for r in rows].count("1") == 1 and best["selected"] == "1"
+        row = students[f"tiny-sana--{setting}"]
+        assert float(row["snapshot_kimg"]) == float(best["kimg"]), (row, best)
+        assert row["selected_by"] == "best-fid on paper10k (paper)" and row["last_snapshot"].startswith(
+            f"{kimgs[-1]:g} kimg")
 
 
 def test_fetch_of_a_gated_teacher_fails_with_the_licence_message(tmp_path):

@@ -44,12 +44,26 @@ def add(sub) -> None:
                         "(default; run the same command again to continue), or, inside a SLURM batch job, also "
                         "requeue the job so that it continues by itself (the workflow)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("snapshot selection", "score every generator snapshot as the run trains (every "
+                             "snapshot_ticks ticks and at the end) and keep the ones a rule may choose; "
+                             "`sidrepro export --select RULE` then exports the chosen one")
+    g.add_argument("--select-protocol", default=None, metavar="PROTOCOL",
+                   help="paper: FID and CLIP on the 10k evaluation captions (what the paper did); clean: on the "
+                        "held-out captions no reported subset contains")
+    g.add_argument("--reference", type=Path, default=None, help="the prepared COCO reference (`sidrepro coco`)")
+    g.add_argument("--select-count", type=int, default=None, help="captions per snapshot (default: the subset's)")
+    g.add_argument("--select-batch", type=int, default=8, help="images per sampling batch and rank")
+    g.add_argument("--clip-model", default=None, help="override the protocol's CLIP model (with --clip-weights)")
+    g.add_argument("--clip-weights", default=None, help="open_clip pretrained tag or weights file")
     p.set_defaults(func=_distill)
 
     p = sub.add_parser("export", help="write a run's generator as a diffusers pipeline folder with a model card")
     p.add_argument("--run", type=Path, required=True, help="the run folder of `sidrepro distill`")
     p.add_argument("--out", type=Path, required=True, help="the student folder to write")
     p.add_argument("--snapshot", type=Path, default=None, help="the teacher's local folder (default as distill)")
+    p.add_argument("--select", default=None, metavar="RULE",
+                   help="export the generator snapshot this rule chooses among the run's scored snapshots "
+                        "(best-fid, best-clip, last) instead of the latest checkpoint")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("generate", help="images from an exported student with the SiD few-step sampler")
@@ -158,10 +172,32 @@ def _train(args: argparse.Namespace) -> None:
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     text_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(cfg.text_dtype)
     weights = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    evaluate = _snapshot_evaluator(args, cfg, device)
     adapter = load_teacher(args.teacher, folder, device=device, dtype=weights, text_dtype=text_dtype)
     ckpt = train(cfg, args.out, adapter, progress=not args.quiet, stop_after_kimg=args.stop_after_kimg,
-                 sources=sources, on_config_change=args.on_config_change)
+                 sources=sources, on_config_change=args.on_config_change, evaluate=evaluate)
     print(f"checkpoint {ckpt}")
+
+
+def _snapshot_evaluator(args: argparse.Namespace, cfg, device: str):
+    """The scorer of snapshots that ``--select-protocol`` asks for (None without it), checked before training."""
+    from ..selection import check_interval, check_protocol
+
+    if args.select_protocol is None:
+        return None
+    check_protocol(args.select_protocol)
+    if args.reference is None:
+        raise ValueError("--select-protocol needs --reference, the prepared COCO reference (`sidrepro coco`)")
+    if not cfg.snapshot_ticks:
+        raise ValueError("--select-protocol needs snapshots: set snapshot_ticks > 0 (--set snapshot_ticks=25)")
+    check_interval(cfg.snapshot_ticks * cfg.tick_kimg, cfg.duration_kimg)
+    if bool(args.clip_model) != bool(args.clip_weights):
+        raise ValueError("--clip-model and --clip-weights go together")
+    from ..evaluate.snapshot_eval import SnapshotEvaluator
+
+    clip = (args.clip_model, args.clip_weights) if args.clip_model else None
+    return SnapshotEvaluator(args.reference, args.select_protocol, count=args.select_count, batch=args.select_batch,
+                             clip=clip, device=device)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -171,7 +207,7 @@ def _export(args: argparse.Namespace) -> int:
 
     cfg = json.loads((args.run / "config.json").read_text())["config"]
     folder = teacher_folder(cfg["teacher"], args.snapshot or (Path(cfg["snapshot"]) if cfg["snapshot"] else None))
-    out = export_student(args.run, folder, args.out)
+    out = export_student(args.run, folder, args.out, select=args.select)
     print(f"student pipeline in {out}")
     return 0
 

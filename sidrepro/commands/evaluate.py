@@ -32,6 +32,9 @@ def add(sub) -> None:
     p.add_argument("--captions", type=Path, default=None,
                    help="sample these caption rows instead of a COCO subset (JSONL of prompt_id, image_id, "
                         "caption; e.g. `sidrepro geneval prompts`)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="generation resolution in px of a teacher or baseline (default: its preset; the workflow "
+                        "passes its table block's); a student samples at the resolution it was distilled at")
     p.add_argument("--resolution-out", type=int, default=256,
                    help="saved image size (default 256, the FID/CLIP protocol's)")
     p.add_argument("--out", type=Path, required=True, help="sample folder (shared by all shards)")
@@ -88,15 +91,16 @@ def _sample(args: argparse.Namespace) -> int:
     from .distill import teacher_folder
 
     if args.student is not None:
-        spec = ModelSpec.student(args.student, steps=args.steps)
+        spec = ModelSpec.student(args.student, steps=args.steps, resolution=args.resolution)
     elif args.teacher is not None:
         spec = ModelSpec.teacher(args.teacher, teacher_folder(args.teacher, args.snapshot), steps=args.steps,
-                                 guidance=args.guidance)
+                                 guidance=args.guidance, resolution=args.resolution)
     else:
         entry = get_baseline(args.baseline)
         if args.snapshot is None:
             raise ValueError(f"--snapshot: the base model folder of {entry.name!r} ({entry.hub_id})")
-        spec = ModelSpec.baseline(args.baseline, args.snapshot, args.lora, steps=args.steps, guidance=args.guidance)
+        spec = ModelSpec.baseline(args.baseline, args.snapshot, args.lora, steps=args.steps, guidance=args.guidance,
+                                  resolution=args.resolution)
     if (args.reference is None) == (args.captions is None):
         raise ValueError("give either --reference (a COCO caption subset) or --captions (a caption file)")
     if args.captions is not None:

@@ -12,7 +12,8 @@ from pathlib import Path
 def add(sub) -> None:
     """Register the workflow commands on an argparse sub-parser collection."""
     p = sub.add_parser("table", help="one of the paper's tables with our metrics next to the paper's numbers")
-    p.add_argument("--table", required=True, help="table id (table1, table2)")
+    p.add_argument("--table", required=True, nargs="+",
+                   help="table id (table1, table2); several write their rows one after the other into one CSV")
     p.add_argument("--version", default="v2", help="paper version the numbers come from (v1, v2; default v2)")
     p.add_argument("--metrics", type=Path, nargs="*", default=[], help="metrics JSON files of `sidrepro evaluate`")
     p.add_argument("--scores", type=Path, nargs="*", default=[],
@@ -23,6 +24,8 @@ def add(sub) -> None:
     p.add_argument("--paper-csv", type=Path, default=None, help="the paper's numbers (default: the bundled CSV)")
     p.add_argument("--out", type=Path, required=True, help="CSV to write")
     p.add_argument("--json", type=Path, default=None, help="also write the measured numbers as JSON (DVC metrics)")
+    p.add_argument("--measured-only", action="store_true",
+                   help="only the rows with a metrics file (the sweep table), not every row of the paper's table")
     p.set_defaults(func=_table)
 
     p = sub.add_parser("provenance", help="what produced one number of a results table, with hashes",
@@ -57,13 +60,19 @@ def _table(args: argparse.Namespace) -> int:
     from ..atomic import write_json_atomic
     from ..tables import PAPER_CSV, build_table, load_mapping, table_metrics, write_table
 
-    rows = build_table(args.table, args.version, args.metrics, load_mapping(args.mapping), run=args.run,
-                       paper_csv=args.paper_csv or PAPER_CSV, scores=args.scores)
+    if args.json is not None and len(args.table) > 1:
+        raise ValueError("--json takes one --table (its numbers are one DVC metrics file)")
+    mapping = load_mapping(args.mapping)
+    rows = [row for table in args.table
+            for row in build_table(table, args.version, args.metrics, mapping, run=args.run,
+                                   paper_csv=args.paper_csv or PAPER_CSV, scores=args.scores)]
+    if args.measured_only:
+        rows = [r for r in rows if r["model"]]
     write_table(rows, args.out)
     if args.json is not None:
         write_json_atomic(args.json, table_metrics(rows))
     measured = sum(1 for r in rows if r["model"])
-    print(f"{args.table} ({args.version}, {args.run}): {len(rows)} rows, {measured} measured -> {args.out}")
+    print(f"{' '.join(args.table)} ({args.version}, {args.run}): {len(rows)} rows, {measured} measured -> {args.out}")
     return 0
 
 

@@ -72,7 +72,10 @@ class RunConfig:
     checkpoint_ticks: int = 25
     keep_checkpoints: int = 3
     seed: int = 0
-    max_bad_iters: int = 100  # iterations whose loss was not finite before the run stops
+    # The run stops after more than this many bad iterations. Non-finite samples are dropped from the loss and
+    # non-finite gradient entries replaced, so an iteration still steps; it is bad only when a phase's loss over
+    # the kept samples is not finite, or when a phase dropped every sample of the global batch.
+    max_bad_iters: int = 100
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ValueError:
@@ -143,8 +146,20 @@ _TINY = {"resolution": (64, "tiny"), "batch": (4, "tiny"), "batch_gpu": (2, "tin
          "checkpoint_ticks": (2, "tiny"), "freeze_kimg": (0.004, "tiny"), "mix_kimg": (0.008, "tiny")}
 for _name in ("tiny-sana", "tiny-sana-sprint-teacher", "tiny-sd3", "tiny-sd35", "tiny-flux"):
     PRESETS[_name] = dict(_TINY)
-# Precision rules of spec §8.2 applied when a user picks pure bf16 on a preset.
-_BF16_RULES = {"adam_eps": 1e-4, "lr": 1e-5, "glr": 1e-5}
+# Pure-bf16 rules per teacher family, applied when a user picks precision=bf16 on a preset that is not bf16: key ->
+# (value, source). lr = glr = 1e-5 is the README's pure-bf16 rate. Adam eps 1e-4 and value clipping of gradients at
+# +-1 are the SD3 and FLUX loops' pure-bf16 rules; the SANA script changes eps only for fp16 (to 1e-6), so pure bf16
+# keeps 1e-8, and the SANA loop never clips. (The official SANA loop itself runs only under AMP: its fake phase
+# draws fp32 noise, which the bf16 mode breaks on.)
+_BF16_README = {"lr": (1e-5, "readme (pure bf16)"), "glr": (1e-5, "readme (pure bf16)")}
+_BF16_SD3_FLUX = {**_BF16_README, "adam_eps": (1e-4, "code (pure bf16, SD3/FLUX loops; readme)"),
+                  "grad_clip": (1.0, "code (pure bf16, SD3/FLUX loops clip gradient values at +-1)")}
+_BF16_RULES: dict[str, dict[str, tuple[Any, str]]] = {
+    "sana": {**_BF16_README, "adam_eps": (1e-8, "script (pure bf16: the SANA script changes eps for fp16 only)"),
+             "grad_clip": (0.0, "code (the SANA loop never clips gradients)")},
+    "sd3": _BF16_SD3_FLUX,
+    "flux": _BF16_SD3_FLUX,
+}
 
 
 def _sources(teacher: str) -> dict[str, str]:
@@ -190,13 +205,10 @@ def resolve_config(teacher: str, overrides: dict[str, Any] | None = None) -> tup
         cfg = replace(cfg, **{key: value})
         sources[key] = src
     if overrides.get("precision") == "bf16" and cfg.precision != "bf16":
-        for key, value in _BF16_RULES.items():
+        for key, (value, src) in _BF16_RULES[TEACHERS[teacher].family].items():
             if key not in overrides:
                 cfg = replace(cfg, **{key: value})
-                sources[key] = "readme (pure bf16)"
-        if TEACHERS[teacher].family in ("sd3", "flux") and "grad_clip" not in overrides:
-            cfg = replace(cfg, grad_clip=1.0)
-            sources["grad_clip"] = "code (pure bf16, SD3/FLUX)"
+                sources[key] = src
     for key, value in overrides.items():
         if isinstance(value, str) and not isinstance(getattr(cfg, key), str):
             value = _parse(key, value, getattr(cfg, key))

@@ -30,12 +30,27 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def export_student(run_dir: Path, teacher_folder: Path, out: Path, *, checkpoint: Path | None = None,
-                   teacher_commit: str = "") -> Path:
+                   teacher_commit: str = "", select: str | None = None) -> Path:
     """Write ``out``: the teacher snapshot's components, the generator from ``checkpoint`` (default: the run's
-    latest) as ``transformer/``, ``README.md`` and ``sidrepro_student.json``. Written beside ``out`` first and
+    latest, or with ``select`` the scored snapshot that rule chooses, ``sidrepro.selection``) as ``transformer/``,
+    ``README.md`` and ``sidrepro_student.json`` (which records the selection). Written beside ``out`` first and
     renamed, so ``out`` is either the previous export or the complete new one."""
     import diffusers
 
+    selection = None
+    if select is not None:
+        from ..selection import SelectionError, check_rule, describe, read_scores
+        from ..selection import select as choose
+        from .snapshots import snapshot_folder
+
+        scores = read_scores(run_dir)
+        if not scores:
+            raise SelectionError(f"{run_dir} has no scored snapshots to select from: train with "
+                                 f"`sidrepro distill --select-protocol paper|clean --reference COCO`, or export the "
+                                 f"latest checkpoint (no --select)")
+        chosen = choose(scores, check_rule(select))
+        selection = describe(chosen, select, scores)
+        checkpoint = snapshot_folder(run_dir, chosen.name)
     ckpt = checkpoint or find_latest(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"no complete checkpoint under {run_dir}: train first (`sidrepro distill`)")
@@ -55,7 +70,7 @@ def export_student(run_dir: Path, teacher_folder: Path, out: Path, *, checkpoint
             "setting": cfg["setting"], "num_steps": cfg["num_steps"], "init_timestep": cfg["init_timestep"],
             "noise": cfg["noise"], "resolution": cfg["resolution"], "images_seen": int(state["nimg"]) +
             int(state.get("init_nimg", 0)), "checkpoint": str(ckpt), "config": cfg,
-            "code": state.get("code", {})}
+            "code": state.get("code", {}), "selection": selection}
     (tmp / STUDENT_FILE).write_text(json.dumps(meta, indent=1))
     (tmp / "README.md").write_text(_model_card(meta))
     if out.exists():
@@ -79,7 +94,17 @@ def _model_card(m: dict) -> str:
             f"```bash\nsidrepro generate --student <this folder> --prompts prompts.txt --out images/\n```\n\n"
             f"No classifier-free guidance at sampling time (FLUX: guidance embedding 1.0); noise type "
             f"`{m['noise']}`, first step at timestep {m['init_timestep']}. The full training configuration is in "
-            f"`{STUDENT_FILE}`.\n")
+            f"`{STUDENT_FILE}`.\n" + _selection_card(m.get("selection")))
+
+
+def _selection_card(sel: dict | None) -> str:
+    if not sel:
+        return ""
+    last = sel["last"]
+    return (f"\nThis is the snapshot at {sel['kimg']:g} kimg, chosen by rule `{sel['rule']}` among {sel['candidates']} "
+            f"scored snapshots on {sel['num_images']} captions of `{sel['subset']}` (protocol `{sel['protocol']}`): "
+            f"FID {sel['fid']:.3f}, CLIP {sel['clip']:.4f}. The run's last snapshot ({last['kimg']:g} kimg) scored "
+            f"FID {last['fid']:.3f}, CLIP {last['clip']:.4f}.\n")
 
 
 @torch.no_grad()
@@ -99,7 +124,8 @@ def generate_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int], 
         cond = adapter.encode_prompts(ps)
         # Fresh noise per step comes from the first image's generator: batched sampling stays reproducible for a
         # given batching; `fixed` and `ddim` noise are reproducible per image regardless.
-        x = generate(adapter.bind(gen, cond).velocity, z.to(dtype), steps, num_steps=int(meta["num_steps"]),
+        # fp32 latents and times as in training; the adapter casts the latents for the network.
+        x = generate(adapter.bind(gen, cond).velocity, z, steps, num_steps=int(meta["num_steps"]),
                      init_timestep=int(meta["init_timestep"]), noise=meta["noise"], generator=gens[0])
         images = ((adapter.decode(x) * 127.5 + 128).clamp(0, 255)).to(torch.uint8).cpu()
         yield from zip(ss, ps, images, strict=True)

@@ -63,6 +63,15 @@ class RunLog:
         if self.active:
             write_status(self.out, checkpoint_started=time.time())
 
+    def evaluation_done(self, seconds: float) -> None:
+        """Rank 0 records how long scoring a snapshot took, for the next invocation's time planning."""
+        if self.active:
+            write_status(self.out, evaluation_seconds=seconds)
+
+    def previous_evaluation_seconds(self) -> float:
+        """How long scoring a snapshot of this run took last time (0 if never)."""
+        return float(read_status(self.out).get("evaluation_seconds") or 0.0)
+
     def previous_checkpoint_seconds(self) -> float:
         """How long a checkpoint of this run takes to write, as earlier invocations saw it (0 if unknown)."""
         return checkpoint_seconds_from(read_status(self.out))
@@ -73,7 +82,13 @@ class RunLog:
             self.sums[k] += float(v)
             self.counts[k] += 1
 
+    def iteration_sum(self, key: str) -> float:
+        """The sum of ``key`` over the micro-batches accumulated since the last ``step`` (0 if none reported it):
+        counts such as the samples a phase dropped."""
+        return self.sums.get(key, 0.0)
+
     def step(self, nimg: int, stats: dict[str, float]) -> None:
+        """Write one log row: the accumulated means, overridden by ``stats`` (the iteration's own values)."""
         row = {k: self.sums[k] / self.counts[k] for k in self.sums}
         self.sums.clear()
         self.counts.clear()
@@ -108,7 +123,7 @@ class RunLog:
         velocity = ad.bind(gen, cond).velocity
         grids = []
         for k in sorted({1, cfg.num_steps}):
-            x = generate(velocity, z.to(gen.dtype if hasattr(gen, "dtype") else z.dtype), k,
+            x = generate(velocity, z, k,
                          num_steps=cfg.num_steps, init_timestep=cfg.init_timestep, noise=cfg.noise,
                          generator=torch.Generator(ad.device).manual_seed(GRID_SEED + 1))
             grids.append((ad.decode(x) + 1) / 2)

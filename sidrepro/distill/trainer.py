@@ -34,6 +34,7 @@ from ..teachers.base import Conditioning, TeacherAdapter
 from .checkpoint import find_latest, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_changes
 from .sharded_load import load_checkpoint_model, load_network
+from .snapshots import Evaluator, take_snapshot
 
 
 def derive_seed(*parts: object) -> int:
@@ -66,9 +67,13 @@ def init_distributed() -> tuple[int, int, torch.device]:
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        # Spec §8.1: TF32 and reduced-precision reductions off, as the official loops do.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    # TF32 and the bf16/fp16 reduced-precision reductions of matmuls off, as the official loops do (process-wide
+    # flags; they matter on CUDA only). Guarded: not every torch build has every flag.
+    for backend, flag in ((torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
+                          (torch.backends.cuda.matmul, "allow_bf16_reduced_precision_reduction"),
+                          (torch.backends.cuda.matmul, "allow_fp16_reduced_precision_reduction")):
+        if hasattr(backend, flag):
+            setattr(backend, flag, False)
     if world > 1 and not torch.distributed.is_initialized():
         # A collective may wait for a checkpoint of hundreds of GB on a slow filesystem: an hour by default, set by
         # the launcher (sidrepro/commands/launch.py), instead of torch's ten minutes that would kill a healthy job.
@@ -211,14 +216,15 @@ def _init_generator_from(run_dir: Path, gen: nn.Module, world: int) -> int:
 def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool = True,
           stop_after_kimg: float | None = None, sources: dict[str, str] | None = None,
           on_config_change: str = "error", final_checkpoint: bool = True,
-          on_iteration: Callable[[dict], None] | None = None) -> Path | None:
+          on_iteration: Callable[[dict], None] | None = None, evaluate: Evaluator | None = None) -> Path | None:
     """Distil ``adapter``'s teacher with ``cfg`` into ``out`` (resuming from ``out``'s latest checkpoint), and return
     the final checkpoint folder. The invocation also stops early, with a checkpoint, ahead of its job's time limit,
     on SIGTERM/SIGUSR1 or a ``STOP`` file (``sidrepro.stopping.Stopper``), and after ``stop_after_kimg``;
     ``out/status.json`` says which (state ``stopped`` or ``finished``), and the run continues when called again.
     ``final_checkpoint=False`` (benchmarks: a real-size checkpoint is tens of GB) skips the checkpoint that closes
     the run and returns the last periodic one, if any. ``on_iteration(row)`` is called after every iteration with
-    its log row (benchmarks count work per iteration).
+    its log row (benchmarks count work per iteration). ``evaluate`` scores each generator snapshot as the run
+    trains (``distill.snapshots``: the best ones are kept, the rest pruned, for ``sidrepro export --select``).
 
     A checkpoint saved with other values of the keys that define the run (see ``config_changes``) is never resumed:
     ``on_config_change="error"`` refuses with the differences, ``"restart"`` moves the run folder's contents into
@@ -278,7 +284,8 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
                                                 "code": code_revision(),
                                                 "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")})
     stopper = Stopper(out, checkpoint_bytes=_checkpoint_bytes(models), query_scheduler=rank == 0,
-                      measured_checkpoint_s=_on_rank0(lambda: log.previous_checkpoint_seconds(), world))
+                      measured_checkpoint_s=_on_rank0(lambda: log.previous_checkpoint_seconds(), world),
+                      measured_evaluation_s=_on_rank0(lambda: log.previous_evaluation_seconds(), world))
     if rank == 0:
         stopper.check_time_left()
     # Hundreds of thousands of long-lived objects (modules, parameters, encoders) would be rescanned by every full
@@ -286,22 +293,40 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     gc.collect()
     gc.freeze()
 
+    def _state() -> dict:
+        return {"nimg": nimg, "bad_iters": bad_iters, "init_nimg": init_nimg, "config": asdict(cfg),
+                "code": code_revision()}
+
     def checkpoint() -> Path:
-        st = {"nimg": nimg, "bad_iters": bad_iters, "init_nimg": init_nimg, "config": asdict(cfg),
-              "code": code_revision()}
         log.checkpoint_starts()
         t0 = time.perf_counter()
-        path = save_checkpoint(out, nimg, models=models, optimizers=optims, state=st, keep=cfg.keep_checkpoints,
+        path = save_checkpoint(out, nimg, models=models, optimizers=optims, state=_state(), keep=cfg.keep_checkpoints,
                                sharded=world > 1)
         stopper.observe_checkpoint(time.perf_counter() - t0)
         log.status("running", nimg, checkpoint=path, checkpoint_seconds=stopper.checkpoint_s,
                    deadline=stopper.deadline(), job_end=stopper.job_end())
         return path
 
+    def score_snapshot() -> None:
+        t_eval = time.perf_counter()
+        with autocast(cfg, device):
+            take_snapshot(out, nimg, gen, _state(), evaluate, adapter=adapter, num_steps=cfg.num_steps,
+                          init_timestep=cfg.init_timestep, noise=cfg.noise, resolution=cfg.resolution, rank=rank,
+                          world=world)
+        stopper.observe_evaluation(time.perf_counter() - t_eval)
+        log.evaluation_done(stopper.evaluation_s)
+
+    def snapshot_due() -> bool:  # at a tick boundary that is a snapshot tick, or at the run's end
+        return bool(cfg.snapshot_ticks) and (nimg >= total or (
+            (nimg % tick) < cfg.batch and (nimg // tick) % cfg.snapshot_ticks == 0))
+
     last_ckpt = latest
     log.status("running", nimg, checkpoint=latest, checkpoint_seconds=stopper.checkpoint_s,
                deadline=stopper.deadline(), job_end=stopper.job_end())
-    reason = ""
+    # An earlier invocation stopped at a snapshot it had no time left to score: the generator is that snapshot now.
+    if evaluate is not None and nimg and snapshot_due() and _on_rank0(lambda: not _scored(out, nimg), world):
+        score_snapshot()
+    reason, deferred = "", False
     while nimg < stop_at:
         reason = stopper.reason()
         if _any_rank(bool(reason), world, device):  # a stop seen by one rank stops all, at the same iteration
@@ -325,15 +350,15 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
                                           fake_on_real=adapter.bind(fake, cond, uncond) if aided else None)
             (out_f.loss / b_rank).backward()
             log.accumulate(out_f.stats)
+        # Always step, as the official loops do: non-finite samples were dropped from the loss, and sanitize_
+        # replaced whatever non-finite gradient entries remained.
         stats["grad_norm_fake"] = sanitize_(fake.parameters(), cfg.grad_clip)
-        finite_f = math.isfinite(stats["grad_norm_fake"])
-        if finite_f:
-            opt_f.step()
+        opt_f.step()
         opt_f.zero_grad(set_to_none=True)
 
         # Generator phase: fresh prompts and noise; gradients reach x_g through the teacher and the fake network.
-        finite_g = True
-        if method.generator_steps(nimg):
+        gen_steps = method.generator_steps(nimg)
+        if gen_steps:
             fake.requires_grad_(False)
             gen.requires_grad_(True)
             for r, (cond, _) in enumerate(batches(nimg, "generator")):
@@ -348,16 +373,30 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
                 (out_g.loss / b_rank).backward()
                 log.accumulate(out_g.stats)
             stats["grad_norm_gen"] = sanitize_(gen.parameters(), cfg.grad_clip)
-            finite_g = math.isfinite(stats["grad_norm_gen"])
-            if finite_g:
-                opt_g.step()
+            opt_g.step()
             opt_g.zero_grad(set_to_none=True)
-        if not (finite_f and finite_g):
+
+        # This iteration's repairs, over every rank: samples dropped as non-finite per phase, micro-batches whose
+        # loss over the kept samples was not finite, and whether sanitize_ replaced gradient entries (0 or 1; the
+        # gradient norm is global). Bad: a non-finite loss, or a phase that dropped the whole global batch.
+        keys = ("dropped_fake", "dropped_gen", "nonfinite_loss")
+        counts = torch.tensor([log.iteration_sum(k) for k in keys], dtype=torch.float64, device=device)
+        if world > 1:
+            torch.distributed.all_reduce(counts)
+        stats.update(zip(keys, counts.tolist(), strict=True))
+        stats["sanitized_fake"] = float(not math.isfinite(stats["grad_norm_fake"]))
+        stats["sanitized_gen"] = float(gen_steps and not math.isfinite(stats["grad_norm_gen"]))
+        if (stats["nonfinite_loss"] or stats["dropped_fake"] >= cfg.batch
+                or (gen_steps and stats["dropped_gen"] >= cfg.batch)):
             bad_iters += 1
             if bad_iters > cfg.max_bad_iters:
                 checkpoint()
-                raise RuntimeError(f"{bad_iters} iterations had non-finite gradients (limit max_bad_iters="
-                                   f"{cfg.max_bad_iters}); the last checkpoint is in {out / 'checkpoints'}")
+                raise RuntimeError(
+                    f"{bad_iters} bad iterations (a phase's loss over its kept samples was non-finite, or a phase "
+                    f"dropped every sample as non-finite; limit max_bad_iters={cfg.max_bad_iters}); the last "
+                    f"checkpoint is in {out / 'checkpoints'}. See dropped_*, nonfinite_loss and sanitized_* in "
+                    "log.jsonl; raise max_bad_iters to continue this run, or start a new one with lower learning "
+                    "rates or precision=amp")
 
         nimg += cfg.batch
         stats.update(steps=steps, bad_iters=bad_iters, sec_per_iter=time.perf_counter() - t0)
@@ -366,15 +405,22 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         if on_iteration is not None:
             on_iteration({"nimg": nimg, **stats})
         ticks = nimg // tick
-        if (nimg % tick) < cfg.batch:  # crossed a tick boundary
-            if cfg.snapshot_ticks and (ticks % cfg.snapshot_ticks == 0 or nimg >= total):
-                log.snapshot(nimg, gen)
-            if ticks % cfg.checkpoint_ticks == 0:
-                last_ckpt = checkpoint()
+        if snapshot_due():
+            log.snapshot(nimg, gen)
+            # Scored before the tick's checkpoint, so a kill mid-scoring redoes it on resume. A scoring that
+            # would run into the job's end is left to the next invocation, which does it first.
+            estimate = 60.0 + stopper.iteration_s * getattr(evaluate, "num_images", cfg.batch) / cfg.batch
+            if evaluate is not None and _any_rank(not stopper.evaluation_fits(estimate), world, device):
+                reason, deferred = "time limit (the snapshot is scored when the run continues)", True
+                break
+            if evaluate is not None:
+                score_snapshot()
+        if (nimg % tick) < cfg.batch and ticks % cfg.checkpoint_ticks == 0:  # crossed a checkpoint tick
+            last_ckpt = checkpoint()
     if final_checkpoint and (last_ckpt is None or
                              int(json.loads((last_ckpt / "state.json").read_text())["nimg"]) != nimg):
         last_ckpt = checkpoint()
-    finished = nimg >= total
+    finished = nimg >= total and not deferred
     if not finished and not reason:
         reason = "stop_after_kimg"
     log.status("finished" if finished else "stopped", nimg, checkpoint=last_ckpt,
@@ -385,6 +431,12 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         torch.distributed.barrier()
     gc.unfreeze()
     return last_ckpt
+
+
+def _scored(run: Path, nimg: int) -> bool:
+    from ..selection import read_scores
+
+    return any(s.nimg == nimg for s in read_scores(run))
 
 
 def _checkpoint_bytes(models: dict[str, nn.Module]) -> int:

@@ -36,6 +36,18 @@ def _manifest_rows(samples: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _student_selection(samples: Path) -> dict | None:
+    """How the sampled student's snapshot was chosen (``sidrepro export --select``), from the student folder the
+    sample plan names; ``None`` for teachers, baselines and students exported from their latest checkpoint."""
+    from ..teachers.student import STUDENT_FILE
+
+    try:
+        folder = json.loads((samples / "plan.json").read_text())["source"].get("folder")
+        return json.loads((Path(folder) / STUDENT_FILE).read_text()).get("selection") if folder else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def evaluate_samples(samples: Path, reference: Path, protocol: str, out: Path, *,
                      clip: tuple[str, str | Path] | None = None, device: str | torch.device | None = None,
                      require_complete: bool = True, batch: int = 32) -> dict:
@@ -64,6 +76,7 @@ def evaluate_samples(samples: Path, reference: Path, protocol: str, out: Path, *
                             manifest=samples / MANIFEST, model_hash=hashes.pop(),
                             extra={"clip_override": None if clip is None else f"{name}/{pretrained}",
                                    "model": rows[0].get("model"), "kind": rows[0].get("kind"),
-                                   "steps": rows[0].get("steps"), "guidance": rows[0].get("guidance")})
+                                   "steps": rows[0].get("steps"), "guidance": rows[0].get("guidance"),
+                                   "selection": _student_selection(samples)})
     write_metrics(out, record)
     return record

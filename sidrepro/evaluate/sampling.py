@@ -217,9 +217,9 @@ def sid_sample(velocity_fn, z: Tensor, gens: Sequence[torch.Generator], steps: i
                init_timestep: int = 999, noise: str = "fresh") -> Tensor:
     """``sidrepro.sid.sampler.generate`` with per-image fresh noise: image ``b`` draws its noise from ``gens[b]``,
     so results do not depend on which images share a batch. With one image and its generator it draws exactly what
-    ``generate`` draws (fp32)."""
+    ``generate`` draws (fp32). Times are fp32 whatever ``z``'s dtype, as in training."""
     from ..flow import x0_from_velocity
-    from ..sid.sampler import check_noise, step_times
+    from ..sid.sampler import batch_time, check_noise, step_times
 
     times = step_times(num_steps, init_timestep)
     if not 1 <= steps <= num_steps:
@@ -235,7 +235,7 @@ def sid_sample(velocity_fn, z: Tensor, gens: Sequence[torch.Generator], steps: i
         else:  # ddim: the noise implied by the previous input and the current x0 estimate
             n = (x_prev - (1 - t_prev) * x0) / t_prev
         x_t = (1 - t_i) * x0 + t_i * n
-        t = torch.full((z.shape[0],), t_i, device=z.device, dtype=z.dtype)
+        t = batch_time(t_i, z)
         x0 = x0_from_velocity(x_t, velocity_fn(x_t, t), t)
         x_prev, t_prev = x_t, t_i
     return x0
@@ -299,7 +299,8 @@ class _StudentSampler(Sampler):
 
     def _sample(self, prompts: list[str], seeds: list[int]) -> Tensor:
         gens = _generators(seeds)
-        z = _per_image_normal(gens, self.adapter.latent_shape()).to(self.adapter.device, self.dtype)
+        # Latents stay fp32 (the adapter casts them for the network), so the sampler's arithmetic is training's.
+        z = _per_image_normal(gens, self.adapter.latent_shape()).to(self.adapter.device)
         velocity = self.adapter.bind(self.net, _encode_fixed_shape(self.adapter, prompts)).velocity
         x = sid_sample(velocity, z, gens, self.steps, num_steps=self.num_steps,
                        init_timestep=int(self.meta["init_timestep"]), noise=str(self.meta["noise"]))

@@ -92,7 +92,7 @@ def make_plan(configfile: Path, *, nodes: int | None = None, gpus_per_node: int 
     config = load_config(configfile)
     jobs = workflow_jobs(config)
     runs = distill_runs(config, jobs, bench, gpu)
-    gpu_sampling = any(j.gpus for j in jobs.values() if j.rule in ("sample", "geneval_sample", "fid_curve"))
+    gpu_sampling = any(j.gpus for j in jobs.values() if j.rule in ("sample", "geneval_sample"))
     sampling = samplings(config, runs, bench, gpu, gpu_sampling)
     hours = {k: job_hours(config, j, runs, sampling) for k, j in jobs.items()}
     tasks = [Task(k, hours[k].value, j.gpus, j.nodes, j.rule == "distill", j.hub, tuple(j.deps))

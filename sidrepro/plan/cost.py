@@ -6,7 +6,9 @@
   iterations x rounds x micro-batch time; GPU-hours = wall time x GPUs. The benchmarks ran on one GPU: FSDP's
   all-gathers and reduce-scatters across GPUs and nodes, checkpoint writes, start-up and the data-aided shard
   encoding are not in them. Peak memory per GPU: ``sidrepro/distill/memory.py``'s ``estimate`` for the job's GPUs.
-- sample, geneval_sample, fid_curve: images x transformer passes per image (``SampledModel``) x the bf16 forward time
+  Snapshot selection adds its scoring (``scoring_hours``): each scored snapshot's images, shared by the job's
+  GPUs, at the student's sampling time per image.
+- sample, geneval_sample: images x transformer passes per image (``SampledModel``) x the bf16 forward time
   (``Bench.forward_ms``); text encoding, VAE decoding, PNG writing and model loading are not measured (left out).
 - fetch, fetch_dataset, fetch_coco: download size / ``BANDWIDTH_MB_S`` (assumed).
 - every other job that sets a runtime: that runtime, an upper bound; CPU jobs without one take seconds (counted as
@@ -17,17 +19,19 @@ Jobs that ask for no GPU cost no GPU-hours.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..distill.memory import MemoryEstimate, estimate
 from ..evaluate.geneval import NUM_PROMPTS
 from ..evaluate.reference import SUBSETS
+from ..table_rows import row_resolution, table_score_keys
+from ..tables import read_paper
 from ..teachers.architectures import ARCHITECTURES
 from .bench import Bench, Figure
 from .models import ARCH_OF, SampledModel, repos_of, sampled_model
-from .workflow import Job, distill_overrides, model_ids
+from .workflow import PAPER_CSV, Job, distill_overrides, model_ids, tables
 
 BANDWIDTH_MB_S = 100.0  # assumed download speed from the hub (MB/s)
 DATASET_SHARDS = 124  # midjourney-v6-llava: data/train_000..123.parquet (sidrepro/data/dataset.py)
@@ -130,11 +134,16 @@ def samplings(config: dict[str, Any], runs: dict[tuple, DistillRun], bench: Benc
     """Every measured model's sampling cost (per-image figures only where sampling runs on GPUs)."""
     steps = {k: (r.cfg.num_steps, r.cfg.resolution) for k, r in runs.items()}
     coco = subset_images(config, config["sample"]["subset"])
+    paper = read_paper(PAPER_CSV)
+    with_geneval = {m for t in tables(config) if "geneval" in table_score_keys(config, t, paper)
+                    for m in model_ids(config, t)}  # GenEval runs only for the tables that print it
     out = {}
     for m in model_ids(config):
         spec = sampled_model(m, steps)
+        if m.partition("--")[0] in ("teacher", "baseline"):  # at the block's resolution; students where distilled
+            spec = replace(spec, resolution=row_resolution(config, m))
         fwd = bench.forward_ms(spec.arch, gpu, spec.resolution, spec.text_tokens) if spec.arch and uses_gpu else None
-        out[m] = Sampling(spec, fwd, coco, geneval_images(config))
+        out[m] = Sampling(spec, fwd, coco, geneval_images(config) if m in with_geneval else 0)
     return out
 
 
@@ -152,11 +161,36 @@ def _shard_share(total: int, shard: int, shards: int) -> int:
     return len(range(shard, total, shards))  # prompt ids shard, shard + shards, ... (sidrepro sample --shard)
 
 
+def scoring_hours(config: dict[str, Any], run: DistillRun, student: Sampling | None) -> Figure | None:
+    """Wall hours a distillation spends scoring its generator snapshots (snapshot selection, inside the job): every
+    ``snapshot_ticks`` ticks and at the end, the selection subset's images shared by the job's GPUs x the student's
+    sampling time per image; FID and CLIP features are not measured (left out)."""
+    from ..selection import SELECTION_SUBSETS
+
+    if student is None or student.sec_per_image is None or not run.cfg.snapshot_ticks:
+        return None
+    select = config["evaluate"].get("select", {})
+    images = select.get("count") or subset_images(config, SELECTION_SUBSETS[config["evaluate"]["protocol"]])
+    ticks = run.cfg.duration_kimg / run.cfg.tick_kimg
+    snapshots = math.floor(ticks / run.cfg.snapshot_ticks) + (0 if ticks % run.cfg.snapshot_ticks == 0 else 1)
+    per = student.sec_per_image
+    hours = snapshots * math.ceil(images / run.world) * per.value / 3600
+    return Figure(hours, "estimate", f"{snapshots} scored snapshots x {images} images / {run.world} GPUs x "
+                                     f"{per.value:.3f} s", per.gpu)
+
+
 def job_hours(config: dict[str, Any], job: Job, runs: dict[tuple, DistillRun], sampling: dict[str, Sampling]) -> Figure:
     """Wall hours of one job (see the module docstring for the model of each rule)."""
     wc = job.wc
     if job.rule == "distill":
-        return runs[(wc["teacher"], wc["setting"])].hours or _upper(job)
+        run = runs[(wc["teacher"], wc["setting"])]
+        if run.hours is None:
+            return _upper(job)
+        scoring = scoring_hours(config, run, sampling.get(f"{wc['teacher']}--{wc['setting']}"))
+        if scoring is None:
+            return run.hours
+        return Figure(run.hours.value + scoring.value, "estimate", f"{run.hours.source} + {scoring.source}",
+                      run.hours.gpu)
     if job.rule in ("sample", "geneval_sample") and job.gpus > 0:
         s = sampling[wc["model"]]
         per = s.sec_per_image
@@ -167,16 +201,6 @@ def job_hours(config: dict[str, Any], job: Job, runs: dict[tuple, DistillRun], s
         total = s.coco_images if job.rule == "sample" else s.geneval_images
         n = _shard_share(total, int(wc["shard"]), shards)
         return Figure(n * per.value / 3600, per.basis, f"{n} images x {per.value:.3f} s", per.gpu)
-    if job.rule == "fid_curve" and job.gpus > 0:
-        s = sampling[f"{wc['teacher']}--{wc['setting']}"]
-        run = runs[(wc["teacher"], wc["setting"])]
-        if s.sec_per_image is None:
-            return _upper(job)
-        fid = {"subset": "heldout", "count": 1000, **config["evaluate"].get("fid_curve", {})}
-        n = run.cfg.keep_checkpoints * min(fid["count"], subset_images(config, fid["subset"]))
-        per = s.sec_per_image
-        return Figure(n * per.value / 3600, "estimate", f"{n} images ({run.cfg.keep_checkpoints} checkpoints) x "
-                                                        f"{per.value:.3f} s; FID features not measured", per.gpu)
     if job.rule == "fetch":
         gb = sum(repos_of(wc["name"]).values())
         return Figure(gb * 1e3 / BANDWIDTH_MB_S / 3600, "assumed", f"{gb:.0f} GB at {BANDWIDTH_MB_S:.0f} MB/s")

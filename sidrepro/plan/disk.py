@@ -140,6 +140,7 @@ def _samples(config: dict[str, Any], sampling: dict[str, Sampling]) -> list[Stag
     if g:
         px = g.get("resolution_out", 512)
         n = sum(s.geneval_images for s in sampling.values())
+        models = sum(1 for s in sampling.values() if s.geneval_images)
         out.append(Stage(f"GenEval samples ({px} px PNG)", png_gb(px, n), "assumed",
-                         f"{n:,} images of {len(sampling)} models"))
+                         f"{n:,} images of {models} models"))
     return out

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..table_rows import check_config, distill_resolution, table_score_keys
+from ..tables import read_paper
+
 REPO = Path(__file__).resolve().parents[2]
+PAPER_CSV = REPO / "workflow" / "resources" / "paper_tables.csv"  # the table rule's input
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SETTINGS = ("data-free", "data-aided")
 SCORER_OWN_ENV = ("hpsv2", "image_reward")
@@ -30,7 +34,7 @@ RULE_RESOURCES: dict[str, tuple[str, int | None, int | None, bool]] = {
     "export": ("export", None, 30, False),
     "sample": ("sample", 0, 60, False),
     "evaluate": ("evaluate", 0, 60, False),
-    "fid_curve": ("fid_curve", 0, 60, False),
+    "fid_curve": ("", None, None, False),
     "geneval_env": ("geneval_env", None, 180, False),
     "geneval_metadata": ("", None, None, True),
     "geneval_fetch_models": ("geneval_fetch", None, 60, True),
@@ -85,6 +89,7 @@ def load_config(path: Path) -> dict[str, Any]:
             where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
             raise ValueError(f"config {path}: {where}: {error.message} (see {SCHEMA.relative_to(REPO)})")
     _check_models(config)
+    check_config(config, read_paper(PAPER_CSV))
     return config
 
 
@@ -125,10 +130,12 @@ def model_kind(model: str) -> tuple[str, ...]:
 
 
 def distill_overrides(config: dict[str, Any], teacher: str, setting: str) -> dict[str, Any]:
-    """The `--set` values of one distill job: the config's global, per-teacher and per-setting overrides."""
+    """The `--set` values of one distill job: the config's global, per-teacher and per-setting overrides, and the
+    resolution of the teacher's table block where it is not the teacher's preset."""
     entry = config["teachers"][teacher]
-    return {**config["distill"].get("set", {}), **entry.get("set", {}),
-            **entry.get("set_by_setting", {}).get(setting, {})}
+    values = {**config["distill"].get("set", {}), **entry.get("set", {}),
+              **entry.get("set_by_setting", {}).get(setting, {})}
+    return {**values, **distill_resolution(config, teacher, values)}
 
 
 class _Graph:
@@ -141,6 +148,7 @@ class _Graph:
         self.zoo = config["source"] == "zoo"
         self.geneval = config.get("geneval", {})
         self.scores = config.get("scores", {})
+        self.paper = read_paper(PAPER_CSV)
 
     def res(self, key: str, name: str, default: Any) -> Any:
         return self.cfg["resources"].get(key, {}).get(name, default)
@@ -192,6 +200,7 @@ class _Graph:
             deps = [self.marker(teacher), *self.prompts()]
         else:
             deps = [self.marker(teacher), *self.shards(), self.distill(teacher, "data-free")]
+        deps += [self.coco_reference(), self.clip()]  # the run scores its snapshots as it trains (selection)
         key = self.add("distill", deps, teacher=teacher, setting=setting)
         job = self.jobs[key]
         own = self.cfg["teachers"][teacher].get("resources", {})
@@ -246,9 +255,9 @@ class _Graph:
             if kind[0] == "student":
                 run = self.distill(kind[1], kind[2])
                 deps += [self.add("training_curves", [run], teacher=kind[1], setting=kind[2]),
-                         self.add("fid_curve", [run, self.coco_reference()], teacher=kind[1], setting=kind[2])]
+                         self.add("fid_curve", [run], teacher=kind[1], setting=kind[2])]
         for m in model_ids(self.cfg, table):
-            for k in self.cfg["tables"].get("scores", []):
+            for k in table_score_keys(self.cfg, table, self.paper):
                 deps.append(self.geneval_score(m) if k == "geneval" else self.score(m, k))
         return self.add("table", deps, table=table)
 

@@ -46,6 +46,37 @@ def fake_score_loss(v_fake: Tensor, x_g: Tensor, eps: Tensor) -> Tensor:
 
 
 def finite_sum(per_sample: Tensor) -> Tensor:
-    """Sum of a per-sample loss over the samples whose value is finite (NaN/inf samples are dropped)."""
+    """Sum of a per-sample loss over the samples whose value is finite (NaN/inf samples are dropped).
+
+    Right for the value only: to backpropagate, mask the loss's inputs with ``drop_samples`` and sum with
+    ``kept_sum`` (see ``drop_samples``)."""
     keep = per_sample.isfinite()
     return per_sample.where(keep, per_sample.new_zeros(())).sum()
+
+
+def finite_samples(*tensors: Tensor | None) -> Tensor:
+    """``(B,)`` bool: True for the samples whose elements are all finite in every given tensor (``None`` skipped).
+    NaN and +-inf both count as non-finite."""
+    keep = None
+    for x in tensors:
+        if x is None:
+            continue
+        k = x.detach().flatten(1).isfinite().all(dim=1) if x.dim() > 1 else x.detach().isfinite()
+        keep = k if keep is None else keep & k
+    if keep is None:
+        raise ValueError("finite_samples needs at least one tensor")
+    return keep
+
+
+def drop_samples(x: Tensor, keep: Tensor) -> Tensor:
+    """``x`` with the rows of the dropped samples (``keep`` False) replaced by zeros.
+
+    Applied to a loss's inputs before the loss is computed. Masking only the per-sample loss is not enough: its
+    backward multiplies the zero gradient of a dropped sample by that sample's NaN values (``0 * NaN = NaN``).
+    ``torch.where`` (not a product with the mask) passes an exact zero gradient to the dropped rows."""
+    return torch.where(keep.view(-1, *([1] * (x.dim() - 1))), x, x.new_zeros(()))
+
+
+def kept_sum(per_sample: Tensor, keep: Tensor) -> Tensor:
+    """Sum of a per-sample loss over the kept samples (dropped ones contribute exactly zero)."""
+    return torch.where(keep, per_sample, per_sample.new_zeros(())).sum()

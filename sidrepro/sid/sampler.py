@@ -26,6 +26,12 @@ def step_times(num_steps: int = 4, init_timestep: int = 999) -> list[float]:
     return [(init_timestep / 999) * (1 - i / num_steps) for i in range(num_steps)]
 
 
+def batch_time(t: float, z: Tensor) -> Tensor:
+    """Flow time ``t`` for every row of ``z``, ``(B,)``, in fp32 (fp64 for fp64 latents) whatever ``z``'s dtype:
+    the trainer draws its times in fp32, and bf16 would move them (0.999 to 1, 0.6006 to 0.6016)."""
+    return torch.full((z.shape[0],), t, device=z.device, dtype=torch.promote_types(z.dtype, torch.float32))
+
+
 def check_noise(noise: str) -> str:
     """Return ``noise`` if it is a known noise type, else raise an error listing them."""
     if noise not in NOISE_TYPES:
@@ -46,7 +52,7 @@ def generate(
 ) -> Tensor:
     """Run ``steps`` (K) steps of the ``num_steps`` (N) grid from noise ``z`` and return the final x0 prediction.
 
-    ``velocity_fn(x_t, t)`` is the generator with its conditioning bound, ``t`` a ``(B,)`` tensor. K < N stops
+    ``velocity_fn(x_t, t)`` is the generator with its conditioning bound, ``t`` a ``(B,)`` fp32 tensor. K < N stops
     early on the N-step grid; it never re-spaces it. Steps before the last always run without gradient; the
     last carries gradient only when ``grad_last`` is set (the generator phase). ``noise`` picks what is
     injected at step i >= 1: ``fresh`` a new draw (from ``generator``), ``fixed`` ``z`` again, ``ddim`` the eps
@@ -69,7 +75,7 @@ def generate(
         else:  # ddim: the noise implied by the previous input and the current x0 estimate
             n = (x_prev - (1 - t_prev) * x0) / t_prev
         x_t = ((1 - t_i) * x0 + t_i * n).detach()
-        t = torch.full((z.shape[0],), t_i, device=z.device, dtype=z.dtype)
+        t = batch_time(t_i, z)
         last = i == steps - 1
         with nullcontext() if (last and grad_last) else torch.no_grad():
             x0 = x0_from_velocity(x_t, velocity_fn(x_t, t), t)

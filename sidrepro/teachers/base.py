@@ -265,7 +265,9 @@ class TeacherAdapter(ABC):
 
     def forward(self, net: nn.Module, x_t: Tensor, net_time: Tensor, cond: Conditioning, *,
                 guidance_embed: float | None = None, features: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Velocity (and pooled features) of ``net`` at network time ``net_time`` (not flow time)."""
+        """Velocity (and pooled features) of ``net`` at network time ``net_time`` (not flow time). The time reaches
+        the transformer in fp32 whatever the dtype of the weights and latents (training hands it fp32)."""
+        net_time = net_time.float()
         if not features:
             return self._call(net, x_t, net_time, cond, guidance_embed), None
         with pooled_features(net) as box:
@@ -273,8 +275,9 @@ class TeacherAdapter(ABC):
         return v, box[-1]
 
     def network_time(self, t: Tensor) -> Tensor:
-        """The value the transformer receives for flow time ``t`` in [0, 1] (spec §1.3)."""
-        return t * self.entry.time_scale
+        """The value the transformer receives for flow time ``t`` in [0, 1], in fp32: ``time_scale * t`` (x1000 for
+        SANA and SD3, raw for SANA-Sprint teachers and FLUX). Scaling in bf16 would round 750 to 752."""
+        return t.float() * self.entry.time_scale
 
     def velocity(self, net: nn.Module, x_t: Tensor, t: Tensor, cond: Conditioning, *, scale: float = 1.0,
                  uncond: Conditioning | None = None, features: bool = False,

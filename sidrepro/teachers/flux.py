@@ -56,7 +56,8 @@ class FluxAdapter(TeacherAdapter):
         guidance = None
         if guidance_embed is not None and self.has_guidance_embed:
             guidance = torch.full((b,), guidance_embed, device=x.device, dtype=torch.float32)
-        out = net(hidden_states=packed, timestep=net_time.to(dtype), guidance=guidance,
+        # The time goes in as fp32; the transformer multiplies it by 1000 in its hidden states' dtype itself.
+        out = net(hidden_states=packed, timestep=net_time, guidance=guidance,
                   pooled_projections=cond.pooled.to(dtype), encoder_hidden_states=cond.embeds.to(dtype),
                   txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return FluxPipeline._unpack_latents(out, h * self.vae_scale_factor, w * self.vae_scale_factor,

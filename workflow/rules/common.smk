@@ -2,7 +2,9 @@
 only, as `snakemake --lint` asks).
 
 Model ids (the stems of sample folders and metrics files):
-  ``{teacher}--{setting}`` a distilled student, ``teacher--{teacher}`` a teacher row, ``baseline--{name}`` a baseline.
+  ``{teacher}--{setting}`` a distilled student, ``teacher--{teacher}`` a teacher row, ``baseline--{name}`` a baseline,
+  ``{row id}@{key}={value}`` a sweep row (``teacher--tiny-sd3@guidance=3.5``: the row with one preset value changed).
+Every row of a table block samples at the block's one resolution (sidrepro/table_rows.py).
 """
 
 import json
@@ -14,6 +16,10 @@ import sys
 from snakemake.utils import validate
 
 from sidrepro.envs import env_dir_for, envs_root
+from sidrepro.table_rows import (check_config, distill_resolution, row_resolution, sample_flags,
+                                 split_sweep, sweep_ids, swept_rows, table_score_keys)
+from sidrepro import selection as _selection
+from sidrepro.tables import read_paper
 from sidrepro.teachers.registry import BASELINES, TEACHERS
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -23,7 +29,6 @@ ZOO = config["zoo"]
 SNAPSHOTS = config["snapshots"]
 USE_ZOO = config["source"] == "zoo"
 PROTOCOL = config["evaluate"]["protocol"]
-FID_CURVE = {"subset": "heldout", "count": 1000, **config["evaluate"].get("fid_curve", {})}
 NUM_SHARDS = config["sample"]["num_shards"]
 TINY_CLIP = config["evaluate"].get("tiny_clip", False)
 CLIP_DIR = f"{ROOT}/clip"
@@ -33,7 +38,7 @@ TABLES = sorted({t["table"] for t in config["teachers"].values()} | {b["table"] 
 ENV = "../envs/sidrepro.yaml"
 # Rules whose jobs take seconds: they run where Snakemake runs, not as cluster jobs (see the Snakefile).
 LOCAL_RULES = ["prompts", "geneval_prompts", "merge_samples", "geneval_merge", "sample_grid", "training_curves",
-               "table"]
+               "fid_curve", "table", "sweep_table"]
 
 DATA = config["data"]
 SYNTHETIC_COCO = "synthetic" in DATA["coco"]
@@ -71,6 +76,10 @@ for _name in config["teachers"]:
 for _name in config["baselines"]:
     if _name not in BASELINES:
         raise ValueError(f"config baselines: unknown baseline {_name!r}; see `sidrepro teachers`")
+# The paper's rows (the table rule's input): which blocks and score columns each table version has.
+PAPER_CSV = "workflow/resources/paper_tables.csv"
+PAPER_ROWS = read_paper(PAPER_CSV)
+check_config(config, PAPER_ROWS)  # unknown blocks, resolutions a family cannot take, sweeps of non-preset values
 
 # Rules call `sidrepro` and `python` from the environment Snakemake runs in (the project venv), activated or not.
 shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
@@ -107,8 +116,13 @@ def teacher_snapshot(name):
     return repo_folder(TEACHERS[name].hub_id)
 
 
-def model_ids(table=None):
-    """Model ids of every row we measure, optionally only those of one table."""
+def model_ids():
+    """Model ids of everything the workflow can sample: the tables' rows and the sweep rows."""
+    return table_model_ids() + sweep_ids(config)
+
+
+def table_model_ids(table=None):
+    """Model ids of every row of the tables (no sweep rows), optionally only those of one table."""
     ids = []
     for t, entry in config["teachers"].items():
         if table is None or entry["table"] == table:
@@ -122,11 +136,18 @@ def model_ids(table=None):
 
 
 def model_kind(model):
-    """('student', teacher, setting), ('teacher', name) or ('baseline', name) for a model id."""
-    kind, _, name = model.partition("--")
+    """('student', teacher, setting), ('teacher', name) or ('baseline', name) for a model id (a sweep row's is its
+    row's)."""
+    kind, _, name = split_sweep(model)[0].partition("--")
     if kind in ("teacher", "baseline"):
         return (kind, name)
     return ("student", kind, name)
+
+
+def model_table(model):
+    """The table a model id's row is in."""
+    kind = model_kind(model)
+    return (config["baselines"] if kind[0] == "baseline" else config["teachers"])[kind[1]]["table"]
 
 
 def res(rule_name, key, default):
@@ -172,10 +193,12 @@ def distill_inputs(wildcards):
 
 
 def distill_args(wildcards):
-    """Data flags and `--set` overrides: the config's global, then per-teacher and per-setting values."""
+    """Data flags and `--set` overrides: the config's global, then per-teacher and per-setting values, and the
+    resolution of the teacher's table block where it is not the teacher's preset."""
     entry = config["teachers"][wildcards.teacher]
     values = {**config["distill"].get("set", {}), **entry.get("set", {}),
               **entry.get("set_by_setting", {}).get(wildcards.setting, {})}
+    values.update(distill_resolution(config, wildcards.teacher, values))
     if wildcards.setting == "data-free":
         data = f"--prompts {shlex.quote(PROMPTS)}"
     else:
@@ -203,15 +226,17 @@ def sample_inputs(wildcards):
 
 
 def sample_who(wildcards):
-    """The `sidrepro sample` model flags of one model id."""
+    """The `sidrepro sample` model flags of one model id: the model, and for a teacher or baseline row its block's
+    resolution where that is not its preset's and a sweep row's value (students sample where they were trained)."""
     kind = model_kind(wildcards.model)
     if kind[0] == "student":
         return f"--student {ROOT}/students/{wildcards.model}"
+    flags = sample_flags(config, wildcards.model)
     if kind[0] == "teacher":
-        return f"--teacher {kind[1]} --snapshot {teacher_snapshot(kind[1])}"
+        return f"--teacher {kind[1]} --snapshot {teacher_snapshot(kind[1])} {flags}".rstrip()
     entry = BASELINES[kind[1]]
     lora = f" --lora {repo_folder(entry.lora_id)}" if entry.lora_id else ""
-    return f"--baseline {kind[1]} --snapshot {repo_folder(entry.hub_id)}{lora}"
+    return f"--baseline {kind[1]} --snapshot {repo_folder(entry.hub_id)}{lora} {flags}".rstrip()
 
 
 def parent_folder(wildcards, input=None, output=None):
@@ -227,7 +252,7 @@ def samples_folder(wildcards, input):
 def table_figures(wildcards):
     """The report figures of a table: a sample grid per measured model, and the loss curves and FID per checkpoint of
     each distillation run."""
-    models = model_ids(wildcards.table)
+    models = table_model_ids(wildcards.table)
     students = [m for m in models if model_kind(m)[0] == "student"]
     curves = [f"{ROOT}/report/{kind}/{m}.{ext}" for m in students for kind, ext in
               (("curves", "png"), ("fid", "png"), ("fid", "csv"))]
@@ -235,7 +260,8 @@ def table_figures(wildcards):
 
 
 def table_mapping(table):
-    """Model id -> paper row selector (block, setting, optional row substring and steps) for `sidrepro table`."""
+    """Model id -> paper row selector (block, setting, optional row substring and steps) and the row's planned
+    resolution, for `sidrepro table`."""
     out = {}
     for t, entry in config["teachers"].items():
         if entry["table"] != table:
@@ -247,7 +273,37 @@ def table_mapping(table):
         if entry["table"] == table:
             out[f"baseline--{b}"] = {"table": table, "block": entry["block"], "setting": "baseline-distilled",
                                      **{k: entry[k] for k in ("row", "steps") if k in entry}}
+    for m, entry in out.items():
+        entry["resolution"] = row_resolution(config, m)
     return out
+
+
+# ---------------------------------------------------------------- sweeps (tables.smk: the sweep table)
+
+SWEEP_TABLE = f"{config['results']}/sweep.csv"
+
+
+def sweep_models():
+    """The sweep rows and the rows they vary (the preset's own value), where the tables measure those."""
+    measured = set(table_model_ids())
+    return [m for m in swept_rows(config) if m in measured] + sweep_ids(config)
+
+
+def sweep_mapping():
+    """`sidrepro table` mapping of the sweep table: each row's entry of its table, a sweep row's with its value."""
+    out = {}
+    for table in TABLES:
+        rows = table_mapping(table)
+        for m in sweep_models():
+            base, sweep = split_sweep(m)
+            if base in rows:
+                out[m] = {**rows[base], **({"sweep": "=".join(sweep)} if sweep else {})}
+    return out
+
+
+def sweep_scores():
+    """The score files the sweep table waits for: its table's columns (``tables.scores``) for every row."""
+    return [f"{ROOT}/scores/{m}/{k}.json" for m in sweep_models() for k in TABLE_SCORE_KEYS[model_table(m)]]
 
 
 
@@ -278,8 +334,8 @@ def geneval_sample_inputs(wildcards):
 
 
 def geneval_targets():
-    """The GenEval metrics file of every measured model."""
-    return [f"{ROOT}/scores/{m}/geneval.json" for m in model_ids()]
+    """The GenEval metrics file of every row of the tables (the `geneval` target: whether or not a table prints it)."""
+    return [f"{ROOT}/scores/{m}/geneval.json" for m in table_model_ids()]
 
 
 # ---------------------------------------------------------------- preference scores (scores.smk)
@@ -322,8 +378,8 @@ def scorer_weights_args(wildcards):
 
 
 def score_targets():
-    """Every configured scorer's metrics file of every measured model."""
-    return [f"{ROOT}/scores/{m}/{s}.json" for m in model_ids() for s in SCORERS]
+    """Every configured scorer's metrics file of every row of the tables (the `scores` target)."""
+    return [f"{ROOT}/scores/{m}/{s}.json" for m in table_model_ids() for s in SCORERS]
 
 
 # ---------------------------------------------------------------- tables
@@ -334,11 +390,15 @@ for _key in TABLE_SCORES:  # fail at parse time, not after the whole run, when a
         raise ValueError("config tables.scores: geneval needs a `geneval:` section (see workflow/config/paper.yaml)")
     if _key != "geneval" and _key not in SCORERS:
         raise ValueError(f"config tables.scores: {_key!r} is not among scores.scorers ({', '.join(SCORERS)})")
+# The columns a table measures: those of ``tables.scores`` that the table prints in ``tables.version`` (paper_tables.csv;
+# Table 2 of v2 has no GenEval column, so no GenEval job runs for its rows).
+TABLE_SCORE_KEYS = {t: table_score_keys(config, t, PAPER_ROWS) for t in TABLES}
 
 
 def table_scores(wildcards):
-    """The score files a table waits for: each of ``tables.scores`` for every measured model of the table."""
-    return [f"{ROOT}/scores/{m}/{k}.json" for m in model_ids(wildcards.table) for k in TABLE_SCORES]
+    """The score files a table waits for: each of its columns among ``tables.scores`` for every row of the table."""
+    return [f"{ROOT}/scores/{m}/{k}.json" for m in table_model_ids(wildcards.table)
+            for k in TABLE_SCORE_KEYS.get(wildcards.table, [])]
 
 
 # ---- prefetch
@@ -385,3 +445,25 @@ def offline_after_prefetch():
     for name, value in OFFLINE_ENV.items():
         os.environ.setdefault(name, value)
     return True
+
+
+# ---------------------------------------------------------------- snapshot selection (distill.smk, report.smk)
+# evaluate.select: a run scores every generator snapshot as it trains, under the evaluation protocol (paper: the 10k
+# evaluation captions, as the paper did; clean: the held-out captions), and the student of the table is the snapshot
+# that `rule` chooses (sidrepro/selection.py).
+SELECT = {"rule": "best-fid", **config["evaluate"].get("select", {})}
+_selection.check_rule(SELECT["rule"])
+_selection.check_protocol(PROTOCOL)
+SELECT_INPUTS = [f"{REFERENCE}/manifest.json"] + ([f"{CLIP_DIR}/sidrepro-tiny-clip-seed0.pt"] if TINY_CLIP
+                                                  else [CLIP_STAMP])
+
+
+def select_args(wildcards):
+    """`sidrepro distill` flags that score each snapshot as the run trains."""
+    args = [f"--select-protocol {PROTOCOL}", f"--reference {shlex.quote(REFERENCE)}",
+            f"--select-batch {SELECT.get('batch', config['sample'].get('batch', 8))}"]
+    if SELECT.get("count"):
+        args.append(f"--select-count {SELECT['count']}")
+    if TINY_CLIP:
+        args.append(f"--clip-model sidrepro-tiny-clip --clip-weights {CLIP_DIR}/sidrepro-tiny-clip-seed0.pt")
+    return " ".join(args)

@@ -7,6 +7,12 @@ teacher's finished data-free run (`--set init_from=...`). When Snakemake reruns 
 parameters changed, the trainer moves the old run into `superseded/` and starts afresh (`--on-config-change
 restart`) instead of resuming a checkpoint trained with other settings.
 
+Selection: every `snapshot_ticks` ticks (and at the end) the run writes a generator snapshot and scores it under
+the evaluation protocol inside the same job (FID and CLIP on the protocol's selection captions, sampled by all of
+the job's ranks with the live generator); snapshots no rule can choose any more are deleted as better ones appear.
+`export` writes the snapshot that `evaluate.select.rule` chooses (sidrepro/selection.py), and the student's
+metadata, metrics and table row name it.
+
 GPUs: the config's ``gpu`` is GPUs per node and ``nodes`` the node count (per teacher, or the rule's). The job asks
 for ``gpu`` x ``nodes`` GPUs in all (SLURM's --gpus, a count per job, which the profile's GPU type turns into
 --gpus=TYPE:N) on ``nodes`` whole nodes (--exclusive): on nodes of ``gpu`` GPUs each that is ``gpu`` per node, and the
@@ -23,12 +29,15 @@ job's log replaces the last one's; the run folder's ``history.jsonl`` keeps one 
 rule distill:
     input:
         distill_inputs,
+        SELECT_INPUTS,
     output:
         f"{ROOT}/runs/{{teacher}}/{{setting}}.done",
     params:
         run=lambda wc: run_folder(wc.teacher, wc.setting),
         snapshot=lambda wc: teacher_snapshot(wc.teacher),
         args=distill_args,
+        select=select_args,
+        clip_cache=CLIP_CACHE,
         nproc=lambda wc: max(1, distill_res("gpu", 0)(wc)),  # ranks per node
         threads_per_rank=lambda wc, threads: max(1, threads // max(1, distill_res("gpu", 0)(wc))),
     log:
@@ -41,9 +50,10 @@ rule distill:
     conda:
         ENV
     shell:
-        "export OMP_NUM_THREADS={params.threads_per_rank}; "
+        "export OMP_NUM_THREADS={params.threads_per_rank} SIDREPRO_CLIP_CACHE={params.clip_cache}; "
         "sidrepro distill --teacher {wildcards.teacher} --setting {wildcards.setting} --out {params.run} "
-        "--snapshot {params.snapshot} {params.args} --nproc {params.nproc} --nnodes {resources.nodes} "
+        "--snapshot {params.snapshot} {params.args} {params.select} --nproc {params.nproc} "
+        "--nnodes {resources.nodes} "
         "--on-config-change restart --on-stop requeue --quiet "
         "> {log} 2>&1 && cp {params.run}/config.json {output}"
 
@@ -56,6 +66,7 @@ rule export:
     params:
         run=lambda wc: run_folder(wc.teacher, wc.setting),
         snapshot=lambda wc: teacher_snapshot(wc.teacher),
+        rule=SELECT["rule"],
     log:
         f"{ROOT}/logs/export/{{teacher}}--{{setting}}.log",
     resources:
@@ -64,4 +75,5 @@ rule export:
     conda:
         ENV
     shell:
-        "sidrepro export --run {params.run} --out {output} --snapshot {params.snapshot} > {log} 2>&1"
+        "sidrepro export --run {params.run} --out {output} --snapshot {params.snapshot} --select {params.rule} "
+        "> {log} 2>&1"

@@ -45,34 +45,23 @@ rule training_curves:
 
 rule fid_curve:
     input:
-        run=f"{ROOT}/runs/{{teacher}}/{{setting}}.done",
-        reference=f"{REFERENCE}/manifest.json",
+        f"{ROOT}/runs/{{teacher}}/{{setting}}.done",
     output:
         csv=f"{ROOT}/report/fid/{{teacher}}--{{setting}}.csv",
         png=report(
             f"{ROOT}/report/fid/{{teacher}}--{{setting}}.png",
             caption="../report/fid_curve.rst",
-            category="FID per checkpoint",
+            category="FID per snapshot",
             labels={"teacher": "{teacher}", "setting": "{setting}"},
         ),
     params:
         run=lambda wc: run_folder(wc.teacher, wc.setting),
-        snapshot=lambda wc: teacher_snapshot(wc.teacher),
-        reference=lambda wc, input: os.path.dirname(input.reference),
-        protocol=PROTOCOL,
-        subset=FID_CURVE["subset"],
-        images=FID_CURVE["count"],
+        rule=SELECT["rule"],
     log:
         f"{ROOT}/logs/report/fid-{{teacher}}--{{setting}}.log",
-    threads: res("fid_curve", "threads", 1)
-    resources:
-        gpu=res("fid_curve", "gpu", 0),
-        mem_mb=res("fid_curve", "mem_mb", 8000),
-        runtime=res("fid_curve", "runtime", 60),
     conda:
         ENV
     shell:
-        "export OMP_NUM_THREADS={threads}; "
-        "sidrepro fid-curve --run {params.run} --snapshot {params.snapshot} --reference {params.reference} "
-        "--protocol {params.protocol} --subset {params.subset} --count {params.images} --out {output.csv} "
-        "--png {output.png} > {log} 2>&1"
+        # The run scored its snapshots as it trained; this only draws those scores.
+        "sidrepro fid-curve --run {params.run} --select {params.rule} --out {output.csv} --png {output.png} "
+        "> {log} 2>&1"
