@@ -256,3 +256,20 @@ def test_clean_protocol_selects_on_heldout_and_reports_on_disjoint_captions(tiny
     assert record["protocol_id"].startswith("clean@") and record["num_images"] == 8
     assert (record["selection"]["subset"], record["selection"]["protocol"]) == ("heldout", "clean")
     assert record["selection"]["snapshot"] == select(scores, "best-fid").name
+
+
+def test_workflow_refuses_an_unknown_selection_rule(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "workflow/config/smoke.yaml").read_text(encoding="utf-8"))
+    cfg["evaluate"]["select"] = {"rule": "best-fdi"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    proc = subprocess.run([snakemake, "-n", f"--configfile={tmp_path / 'bad.yaml'}", "results/table1.csv"],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "unknown selection rule 'best-fdi'; valid: best-fid, best-clip, last" in proc.stdout + proc.stderr
