@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sidrepro.cli import main
-from sidrepro.tables import build_table
+from sidrepro.tables import METRICS, build_table
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -163,8 +163,9 @@ def test_smoke_chain_for_table1(tmp_path, separate_envs):
     assert {r["model"] for r in measured} == {"tiny-sana--data-free", "tiny-sana--data-aided", "teacher--tiny-sana",
                                               "baseline--tiny-sana-sprint-4step"}
     assert all(r["run"] == "smoke" and r["num_images"] == "16" and float(r["FID_coco10k_ours"]) > 0 for r in measured)
-    ours = [c for c in rows[0] if c.endswith("_ours")]
+    ours = [f"{c}_ours" for c in METRICS]  # every metric column, and every row at the block's one resolution
     assert len(ours) == 7 and all(r[c] for r in measured for c in ours), [(r["model"], r) for r in measured]
+    assert {r["resolution_ours"] for r in measured} == {"64"} and all(r["steps_ours"] for r in measured)
     again = _snakemake("-n", *args, cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
     # The report: one self-contained HTML file with the table, a sample grid per row and the training curves.
