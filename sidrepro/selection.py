@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,8 +100,6 @@ def read_scores(run: Path) -> list[SnapshotScore]:
 
 def append_score(run: Path, score: SnapshotScore) -> None:
     """Add one evaluated snapshot to ``run``'s metrics file (one JSON line, flushed to disk)."""
-    import os
-
     path = snapshot_root(run) / METRICS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle:

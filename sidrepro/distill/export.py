@@ -13,10 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ..selection import SelectionError, check_rule, describe, read_scores
+from ..selection import select as choose
 from ..sid.sampler import generate
 from ..teachers.registry import get_teacher
 from ..teachers.student import STUDENT_FILE, load_student
 from .checkpoint import find_latest
+from .snapshots import snapshot_folder
 from .stream_export import write_transformer
 
 _SKIP = {"transformer", ".cache", ".sidrepro-snapshot.json", "zoo.json"}
@@ -39,10 +42,8 @@ def export_student(run_dir: Path, teacher_folder: Path, out: Path, *, checkpoint
 
     selection = None
     if select is not None:
-        from ..selection import SelectionError, check_rule, describe, read_scores
-        from ..selection import select as choose
-        from .snapshots import snapshot_folder
-
+        if checkpoint is not None:
+            raise ValueError("give a checkpoint or a selection rule, not both")
         scores = read_scores(run_dir)
         if not scores:
             raise SelectionError(f"{run_dir} has no scored snapshots to select from: train with "

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from ..selection import SnapshotScore, append_score, keep_names, read_scores, snapshot_root
+from ..selection import SelectionError, SnapshotScore, append_score, keep_names, read_scores, snapshot_root
 from ..teachers.base import TeacherAdapter
 from .checkpoint import _delete, complete_checkpoints, save_checkpoint
 
@@ -47,14 +49,6 @@ class GeneratorView:
 Evaluator = Callable[[GeneratorView], "SnapshotScore | None"]
 
 
-def save_snapshot(run: Path, nimg: int, gen: nn.Module, state: dict, *, sharded: bool) -> Path:
-    """Write the generator at ``nimg`` as a snapshot checkpoint (every rank when ``sharded``, else a single
-    process: selection under DDP-style replication is not a mode of this trainer) and return its folder.
-    Nothing is pruned here: which snapshots go is the selection's decision (:func:`prune`)."""
-    return save_checkpoint(snapshot_root(run), nimg, models={"generator": gen}, optimizers={}, state=state,
-                           keep=10**9, sharded=sharded)
-
-
 def record_and_prune(run: Path, score: SnapshotScore) -> list[str]:
     """Rank 0: append ``score`` to the run's snapshot metrics and delete the snapshots no rule can choose any more;
     returns the names deleted."""
@@ -73,13 +67,16 @@ def record_and_prune(run: Path, score: SnapshotScore) -> list[str]:
 
 def snapshot_folder(run: Path, name: str) -> Path:
     """The snapshot checkpoint folder ``name`` of ``run`` (a ``SelectionError`` if it was pruned or never written)."""
-    from ..selection import SelectionError
-
     for path in complete_checkpoints(snapshot_root(run)):
         if path.name == name:
             return path
     raise SelectionError(f"snapshot {name} of {run} is not on disk (pruned, or the run folder moved); the kept ones: "
                          f"{', '.join(p.name for p in complete_checkpoints(snapshot_root(run))) or 'none'}")
+
+
+def is_scored(run: Path, nimg: int) -> bool:
+    """Whether ``run`` has a score for its snapshot at ``nimg`` (a stop may have left it to the next invocation)."""
+    return any(s.nimg == nimg for s in read_scores(run))
 
 
 def take_snapshot(run: Path, nimg: int, gen: nn.Module, state: dict, evaluate: Evaluator, *, adapter: TeacherAdapter,
@@ -88,11 +85,9 @@ def take_snapshot(run: Path, nimg: int, gen: nn.Module, state: dict, evaluate: E
     """Every rank: write the generator snapshot at ``nimg``, score it with ``evaluate``, and (rank 0) record the
     score and prune the snapshots no rule can choose any more. The samples are deleted once scored (their
     ``metrics.json`` stays in the snapshot's sample folder). Returns rank 0's score."""
-    import shutil
-
-    import torch
-
-    path = save_snapshot(run, nimg, gen, state, sharded=world > 1)
+    # Nothing is pruned by the save itself: which snapshots go is the selection's decision (record_and_prune).
+    path = save_checkpoint(snapshot_root(run), nimg, models={"generator": gen}, optimizers={}, state=state,
+                           keep=10**9, sharded=world > 1)
     view = GeneratorView(nimg=nimg, name=path.name, checkpoint=path, adapter=adapter, net=gen, num_steps=num_steps,
                          init_timestep=init_timestep, noise=noise, resolution=resolution, rank=rank, world=world,
                          folder=snapshot_root(run) / "samples" / path.name)

@@ -34,7 +34,7 @@ from ..teachers.base import Conditioning, TeacherAdapter
 from .checkpoint import find_latest, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_changes
 from .sharded_load import load_checkpoint_model, load_network
-from .snapshots import Evaluator, take_snapshot
+from .snapshots import Evaluator, is_scored, take_snapshot
 
 
 def derive_seed(*parts: object) -> int:
@@ -324,7 +324,7 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
     log.status("running", nimg, checkpoint=latest, checkpoint_seconds=stopper.checkpoint_s,
                deadline=stopper.deadline(), job_end=stopper.job_end())
     # An earlier invocation stopped at a snapshot it had no time left to score: the generator is that snapshot now.
-    if evaluate is not None and nimg and snapshot_due() and _on_rank0(lambda: not _scored(out, nimg), world):
+    if evaluate is not None and nimg and snapshot_due() and _on_rank0(lambda: not is_scored(out, nimg), world):
         score_snapshot()
     reason, deferred = "", False
     while nimg < stop_at:
@@ -407,13 +407,14 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         ticks = nimg // tick
         if snapshot_due():
             log.snapshot(nimg, gen)
-            # Scored before the tick's checkpoint, so a kill mid-scoring redoes it on resume. A scoring that
-            # would run into the job's end is left to the next invocation, which does it first.
-            estimate = 60.0 + stopper.iteration_s * getattr(evaluate, "num_images", cfg.batch) / cfg.batch
-            if evaluate is not None and _any_rank(not stopper.evaluation_fits(estimate), world, device):
-                reason, deferred = "time limit (the snapshot is scored when the run continues)", True
-                break
             if evaluate is not None:
+                # Scored before the tick's checkpoint, so a kill mid-scoring redoes it on resume. A scoring that
+                # would run into the job's end is left to the next invocation, which does it first. Before the
+                # first measured one: a minute for loading the metric networks, plus an iteration per batch.
+                estimate = 60.0 + stopper.iteration_s * getattr(evaluate, "num_images", cfg.batch) / cfg.batch
+                if _any_rank(not stopper.evaluation_fits(estimate), world, device):
+                    reason, deferred = "time limit (the snapshot is scored when the run continues)", True
+                    break
                 score_snapshot()
         if (nimg % tick) < cfg.batch and ticks % cfg.checkpoint_ticks == 0:  # crossed a checkpoint tick
             last_ckpt = checkpoint()
@@ -431,12 +432,6 @@ def train(cfg: RunConfig, out: Path, adapter: TeacherAdapter, *, progress: bool 
         torch.distributed.barrier()
     gc.unfreeze()
     return last_ckpt
-
-
-def _scored(run: Path, nimg: int) -> bool:
-    from ..selection import read_scores
-
-    return any(s.nimg == nimg for s in read_scores(run))
 
 
 def _checkpoint_bytes(models: dict[str, nn.Module]) -> int:

@@ -12,14 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..atomic import write_atomic, write_text_atomic
+from ..selection import SelectionError, read_scores, select
 
 COLUMNS = ["checkpoint", "kimg", "num_images", "fid", "clip", "subset", "protocol", "selected"]
 
 
 def curve_rows(run: Path, rule: str) -> list[dict]:
     """One row per scored snapshot of ``run``, ``selected`` = 1 on the one ``rule`` chooses."""
-    from ..selection import SelectionError, read_scores, select
-
     scores = read_scores(run)
     if not scores:
         raise SelectionError(f"{run} has no scored snapshots: train with `sidrepro distill --select-protocol ...`")
